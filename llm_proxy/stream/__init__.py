@@ -1,0 +1,1 @@
+"""Streamed responses: framing (SSE, NDJSON, JSON array) and the stream meter."""
