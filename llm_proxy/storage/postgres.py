@@ -1,0 +1,151 @@
+"""PostgreSQL sink: COPY each batch in; duplicates skipped through a staging table.
+
+COPY is the fastest way in. A batch that may repeat rows (a journal replay,
+or a retry after a lost commit) is copied into a temporary staging table and
+inserted with ON CONFLICT DO NOTHING instead, so no row is ever stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from ..record import COLUMNS
+from .schema import schema_for
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_LOCK = 0x6C6C6D70  # "llmp": serialises concurrent start-ups applying the DDL
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if isinstance(value, str):
+        # Guarded replaces: most values need none, and str.translate with a table is ~70x slower.
+        if "\\" in value:
+            value = value.replace("\\", "\\\\")
+        if "\t" in value:
+            value = value.replace("\t", "\\t")
+        if "\n" in value:
+            value = value.replace("\n", "\\n")
+        if "\r" in value:
+            value = value.replace("\r", "\\r")
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # int, Decimal: exact
+
+
+def copy_text(rows: Sequence[Sequence[Any]]) -> bytes:
+    """Rows in COPY's text format, built in one go: several times faster than write_row per row."""
+    return "".join("\t".join(map(_copy_field, row)) + "\n" for row in rows).encode()
+
+
+class PostgresSink:
+    def __init__(self, url: str, table: str, *, connect_timeout: int = 5) -> None:
+        self.url = url
+        self.table = table
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._stage = f"{table}_stage"
+        columns = ", ".join(COLUMNS)
+        self._copy_sql = f"COPY {self._stage} ({columns}) FROM STDIN"
+        self._direct_sql = f"COPY {table} ({columns}) FROM STDIN"
+        self._insert_sql = (
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {self._stage} "
+            "ON CONFLICT (request_id) DO NOTHING"
+        )
+
+    def connect(self) -> None:
+        """Open the connection, apply schema.sql, prepare the staging table."""
+        self.close()
+        conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, application_name="llm-proxy")
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                conn.execute(schema_for(self.table).encode())
+            # Only the copied columns, no defaults: the stage must not depend on the table's sequence.
+            conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ON COMMIT DELETE ROWS AS "
+                f"SELECT {', '.join(COLUMNS)} FROM {self.table} WITH NO DATA"
+            )
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def write(self, rows: Sequence[Sequence[Any]], *, replay: bool = False) -> None:
+        """One batch, one transaction; raises psycopg.Error on any failure.
+
+        New rows are copied straight into the table. A batch that may hold rows
+        already stored (a journal replay, or a retry after a commit whose answer
+        was lost) goes through the staging table and skips the duplicates.
+        """
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        data = copy_text(rows)
+        try:
+            if not replay:
+                try:
+                    with self._conn.transaction(), self._conn.cursor() as cur, cur.copy(self._direct_sql) as copy:
+                        copy.write(data)
+                    return
+                except psycopg.errors.UniqueViolation:
+                    pass  # some rows are there already: the idempotent path below
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                with cur.copy(self._copy_sql) as copy:
+                    copy.write(data)
+                cur.execute(self._insert_sql)
+        except BaseException:
+            self.close()
+            raise
+
+    def spend_since(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
+        """Sum of cost_usd per key since each key's window start."""
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        by_start: dict[datetime, list[str]] = {}
+        for name, start in windows.items():
+            by_start.setdefault(start, []).append(name)
+        sums: dict[str, Decimal] = {}
+        try:
+            with self._conn.transaction():
+                for start, names in by_start.items():
+                    rows = self._conn.execute(
+                        f"SELECT key_id, COALESCE(sum(cost_usd), 0) FROM {self.table} "
+                        "WHERE ts >= %s AND key_id = ANY(%s) GROUP BY key_id",
+                        (start, names),
+                    ).fetchall()
+                    sums.update({name: Decimal(total) for name, total in rows})
+        except BaseException:
+            self.close()
+            raise
+        return sums
+
+    @staticmethod
+    def is_transient(error: Exception) -> bool:
+        """Worth retrying (connection trouble, deadlock, serialization failure, timeout), or a bad row."""
+        # OperationalError covers connection loss and TransactionRollback (deadlock, serialization).
+        return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

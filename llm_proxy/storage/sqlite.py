@@ -1,0 +1,81 @@
+"""The embedded default: an SQLite file, so the proxy runs with no database server."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..record import COLUMNS
+from .schema import sqlite_schema
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # exact: the column is TEXT, never REAL
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+class SqliteSink:
+    def __init__(self, path: str, table: str) -> None:
+        self.path = Path(path)
+        self.table = table
+        self._conn: sqlite3.Connection | None = None
+        marks = ", ".join("?" for _ in COLUMNS)
+        self._insert_sql = f"INSERT OR IGNORE INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks})"
+
+    def connect(self) -> None:
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")  # readers (sqlite3 CLI, dashboards) do not block writes
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(sqlite_schema(self.table))
+        self._conn = conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def write(self, rows: Sequence[Sequence[Any]], *, replay: bool = False) -> None:
+        """One transaction; INSERT OR IGNORE makes every write idempotent, replay or not."""
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(self._insert_sql, ([_sqlite_value(v) for v in row] for row in rows))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def spend_since(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
+        """Sum of cost_usd per key since each key's window start (exact: summed as Decimal)."""
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        sums: dict[str, Decimal] = {}
+        for name, start in windows.items():
+            rows = self._conn.execute(
+                f"SELECT cost_usd FROM {self.table} WHERE key_id = ? AND ts >= ? AND cost_usd IS NOT NULL",
+                (name, start.isoformat()),
+            )
+            sums[name] = sum((Decimal(cost) for (cost,) in rows), Decimal(0))
+        return sums
+
+    @staticmethod
+    def is_transient(error: Exception) -> bool:
+        """Locked, busy or disk trouble is worth retrying; a constraint or type error is a bad row."""
+        return isinstance(error, (sqlite3.OperationalError, OSError))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,37 @@
+-- llm-proxy: one row per LLM call. PostgreSQL DDL, idempotent: the proxy
+-- applies it at start-up (and `psql -f schema.sql` works too).
+-- The proxy writes to the table named by its llm_table option: it substitutes
+-- that name for every llm_requests below. The embedded SQLite database is made
+-- from this same file (types mapped: numeric and timestamps kept as exact text).
+CREATE TABLE IF NOT EXISTS llm_requests (
+    id bigserial PRIMARY KEY,
+    request_id text UNIQUE NOT NULL,       -- the proxy's id of the call; replays are idempotent
+    ts timestamptz NOT NULL,               -- when the request arrived
+    duration_ms integer,                   -- request start to last byte (or failure)
+    ttft_ms integer,                       -- request start to first response body byte
+    provider text,
+    api text,                              -- openai-chat, anthropic-messages, gemini-generate, ...
+    method text,
+    path text,                             -- as the client sent it, secrets masked
+    upstream_url text,                     -- where it went, secrets masked
+    model text,                            -- as requested
+    response_model text,                   -- as answered (often a dated snapshot)
+    key_id text,                           -- virtual key name, or fingerprint of the client's key
+    streaming boolean,
+    status integer,                        -- upstream HTTP status (NULL: no response)
+    error text,                            -- HTTP error, mid-stream error or disconnect
+    input_tokens integer,                  -- all input, including cache reads and writes
+    output_tokens integer,                 -- all output, including reasoning
+    total_tokens integer,
+    cached_tokens integer,                 -- cache reads
+    cache_write_tokens integer,            -- cache writes
+    reasoning_tokens integer,
+    cost_usd numeric,                      -- NULL when unknown, never a guess
+    attempts jsonb,
+    fallback_from text,
+    request_body jsonb,
+    response_body jsonb,
+    client_addr text
+);
+CREATE INDEX IF NOT EXISTS llm_requests_ts_idx ON llm_requests (ts);
+CREATE INDEX IF NOT EXISTS llm_requests_key_ts_idx ON llm_requests (key_id, ts);
