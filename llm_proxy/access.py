@@ -1,0 +1,147 @@
+"""Who may call, how much, and how many at once: decided before anything goes upstream.
+
+With keys in force, a request must present a virtual key (in whatever header
+or query parameter its SDK uses); the key is checked, its limits applied, and
+the client's credential is swapped for the provider's real key. The global
+gate applies in every mode. A refusal is answered locally by the addon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from mitmproxy import http
+
+from .calls import Call
+from .config.providers import Providers
+from .keys.model import KeyRing, VirtualKey
+from .limits.budget import SpendBook
+from .limits.gate import FULL, Gate
+from .limits.limiter import Limiter, Refusal
+from .redact import replace_credentials
+
+logger = logging.getLogger(__name__)
+
+BUDGET_LOAD_WAIT = 5.0  # seconds a budgeted request waits for the start-up spend load
+
+
+def check_key(
+    ring: KeyRing, secret: str | None, model: str | None, now: datetime
+) -> tuple[VirtualKey | None, Refusal | None]:
+    """The presented key (if known) and, if it may not make this call, the 401/403 to answer."""
+    return judge_key(ring.find(secret) if secret else None, bool(secret), model, now)
+
+
+def judge_key(
+    key: VirtualKey | None, presented: bool, model: str | None, now: datetime
+) -> tuple[VirtualKey | None, Refusal | None]:
+    """check_key once the presented secret has been looked up."""
+    if not presented:
+        return None, Refusal(401, "no API key: present your llm-proxy key as your SDK's API key", "missing_api_key")
+    if key is None:
+        return None, Refusal(401, "unknown API key", "invalid_api_key")
+    if key.disabled:
+        return key, Refusal(403, f"key {key.name!r} is disabled", "key_disabled")
+    if key.expired(now):
+        expired = key.expires.astimezone(UTC) if key.expires else now
+        return key, Refusal(403, f"key {key.name!r} expired on {expired:%Y-%m-%d %H:%M} UTC", "key_expired")
+    if not key.allows_model(model):
+        return key, Refusal(403, f"key {key.name!r} may not use model {model!r}", "model_not_allowed")
+    return key, None
+
+
+def real_keys(providers: Providers, env: Mapping[str, str]) -> dict[str, str]:
+    """The providers' real keys, read once from their api_key_env variables."""
+    return {
+        p.name: env[p.api_key_env]
+        for p in providers.by_name.values()
+        if p.api_key_env and env.get(p.api_key_env)
+    }
+
+
+class Access:
+    def __init__(self) -> None:
+        self.keys = KeyRing()
+        self.limiter = Limiter()
+        self.spend = SpendBook()
+        self.gate: Gate | None = None
+        self.provider_keys: dict[str, str] = {}
+
+    def use_keys(self, keys: KeyRing) -> None:
+        self.keys = keys
+        self.spend.use_keys(keys)
+
+    def use_providers(self, providers: Providers) -> None:
+        self.provider_keys = real_keys(providers, os.environ)
+
+    async def admit(self, flow: http.HTTPFlow, call: Call) -> Refusal | None:
+        """Check, reserve and rewrite credentials; None lets the call go upstream."""
+        if len(self.keys):
+            refusal = await self._admit_key(flow.request, call)
+            if refusal is not None:
+                return refusal
+        if self.gate is not None:
+            outcome = await self.gate.enter()
+            if outcome is not None:
+                self.release(call)
+                if outcome == FULL:
+                    return Refusal(503, "llm-proxy queue is full; try again shortly", "queue_full",
+                                   {"retry-after": "1"})
+                return Refusal(429, f"llm-proxy waited {self.gate.timeout:g}s for a free slot", "queue_timeout",
+                               {"retry-after": "1"})
+            call.gate = self.gate
+            if call.done:  # the client left while it waited: hand the slot straight on
+                self.release(call)
+        return None
+
+    async def _admit_key(self, request: http.Request, call: Call) -> Refusal | None:
+        found = self.keys.find_hash(call.key_hash) if call.key_hash else None  # hashed once, in open_call
+        key, refusal = judge_key(found, call.key_hash is not None, call.model, datetime.now(UTC))
+        if key is not None:
+            call.key_id = key.name  # rows of a known key carry its name, refused or not
+        if refusal is not None or key is None:
+            return refusal
+        spend = None
+        if key.budget is not None:
+            spend = await self._spend_of(key.name)
+            if spend is None:
+                return Refusal(503, "budget state unavailable (database unreachable); try again later",
+                               "budget_unavailable", {"retry-after": "5"})
+        refusal = self.limiter.admit(key, time.monotonic(), spend, datetime.now(UTC))
+        if refusal is not None:
+            return refusal
+        call.holds_key = True
+        provider = call.route.provider
+        real = self.provider_keys.get(provider.name)
+        if provider.api_key_env and real is None:
+            self.release(call)
+            return Refusal(500, f"llm-proxy has no key for provider {provider.name!r}: "
+                                f"set {provider.api_key_env} where the proxy runs", "provider_key_missing")
+        replace_credentials(request, provider.format, real)
+        return None
+
+    async def _spend_of(self, name: str) -> Decimal | None:
+        deadline = time.monotonic() + BUDGET_LOAD_WAIT
+        while not self.spend.loaded.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.spend.spend(name)
+
+    def release(self, call: Call) -> None:
+        """Give back the call's slots; safe to call more than once."""
+        if call.holds_key and call.key_id is not None:
+            self.limiter.release(call.key_id)
+            call.holds_key = False
+        if call.gate is not None:
+            call.gate.leave()  # the gate it entered, even if the option changed since
+            call.gate = None
+
+    def finished(self, call: Call, total_tokens: int | None) -> None:
+        self.release(call)
+        if call.key_id in self.keys.by_name and total_tokens:
+            self.limiter.used_tokens(call.key_id, time.monotonic(), total_tokens)

@@ -1,0 +1,1 @@
+"""Virtual keys: the keys.toml model, its file, and the proxy's live reloading."""

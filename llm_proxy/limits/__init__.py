@@ -1,0 +1,1 @@
+"""Rate limits, concurrency and budgets: decided locally, in memory, on the hot path."""
