@@ -1,0 +1,16 @@
+"""The script mitmproxy loads: `mitmdump -s addon/llm_proxy.py`.
+
+It only builds the addon; the code lives in the llm_proxy package beside it.
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    import llm_proxy  # noqa: F401  (installed with pip install -e .)
+except ImportError:  # run from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from llm_proxy.addon import LLMProxy
+
+addons = [LLMProxy()]

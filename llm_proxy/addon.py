@@ -1,0 +1,305 @@
+"""The mitmproxy addon: options, and hooks that stay thin.
+
+Each hook hands its flow to plain functions (routing, calls, usage, pricing)
+and, at the end, a Record to the writer thread. Nothing here blocks or raises
+into mitmproxy: a metering failure costs a row, never a client's call.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from decimal import Decimal
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from . import apis, health
+from .access import Access
+from .calls import Call, close_call, comment, open_call
+from .config.pricing import PriceBook, load_pricing
+from .config.providers import ConfigError, Providers, load_providers
+from .errors import local_response
+from .keys.model import KeyRing
+from .keys.reloader import KeysWatcher
+from .keys.store import read_keyring
+from .limits.gate import Gate
+from .limits.limiter import Refusal
+from .paths import DEFAULT_PRICING, DEFAULT_PROVIDERS, default_db_url
+from .pricer import Pricer
+from .config.models import Target
+from .rescue.breaker import Breakers
+from .rescue.relay import Relay, RelayJob
+from .routing import plan_call, route_request
+from .storage.dsn import DatabaseURLError, check_table_name, parse_db_url
+from .storage.postgres import PostgresSink
+from .storage.schema import DEFAULT_TABLE
+from .storage.sqlite import SqliteSink
+from .storage.journal import Journal, journal_dir
+from .storage.writer import Writer
+from .stream.meter import StreamMeter, decoder_for
+from .usage import stream_parser
+
+logger = logging.getLogger(__name__)
+
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
+_WRITER_OPTIONS = {"llm_db", "llm_table", "llm_body_max_bytes", "llm_budget_refresh", "llm_journal",
+                   "llm_journal_max_mb"}
+_GATE_OPTIONS = {"llm_max_concurrent", "llm_queue_max", "llm_queue_timeout"}
+_RESCUE_OPTIONS = {"llm_breaker_failures", "llm_breaker_cooldown", "llm_attempt_timeout", "ssl_insecure"}
+
+
+class LLMProxy:
+    def __init__(self) -> None:
+        self.providers = Providers([])
+        self.pricer = Pricer(PriceBook({}))
+        self.writer: Writer | None = None
+        self.access = Access()
+        self.log_bodies, self.default_retries = True, 0
+        self.keys_watcher: KeysWatcher | None = None
+        self.breakers = Breakers()
+        self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
+        self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "llm_providers", str, str(DEFAULT_PROVIDERS),
+            "providers.toml: where each LLM provider lives (base_url, format, hosts, api_key_env).",
+        )
+        loader.add_option(
+            "llm_pricing", str, str(DEFAULT_PRICING),
+            "pricing.toml: USD per 1M tokens per provider and model prefix.",
+        )
+        loader.add_option(
+            "llm_db", str, "",
+            "Where rows go: postgresql://... or sqlite:///path.db. "
+            "Empty: $DATABASE_URL, else an SQLite file in $LLM_PROXY_HOME (~/.llm-proxy).",
+        )
+        loader.add_option("llm_table", str, DEFAULT_TABLE, "Table name for the rows (created from schema.sql).")
+        loader.add_option(
+            "llm_journal", str, "",
+            "Directory of the on-disk journal that keeps rows while the database is down. "
+            "Empty: $LLM_PROXY_HOME/journal/<table>.",
+        )
+        loader.add_option("llm_journal_max_mb", int, 1024, "Size cap of the journal in MB; beyond it new rows are dropped.")
+        loader.add_option("llm_log_bodies", bool, True, "Store request and response bodies in the rows.")
+        loader.add_option(
+            "llm_body_max_bytes", int, 1 << 20,
+            "Largest body stored per column, in bytes of JSON; bigger ones are stored as a truncation marker.",
+        )
+        loader.add_option(
+            "llm_keys", str, "",
+            "keys.toml of virtual keys (made with `llm-proxy keys`). Empty, or a file with no keys: "
+            "passthrough, clients use their own provider keys. Reloaded live when it changes.",
+        )
+        loader.add_option(
+            "llm_max_concurrent", int, 0,
+            "Most calls in flight upstream at once; more wait in a fair queue. 0: no limit.",
+        )
+        loader.add_option("llm_queue_timeout", int, 30, "Seconds a call may wait in the queue before a 429.")
+        loader.add_option("llm_queue_max", int, 1000, "Most calls waiting in the queue; beyond it a 503.")
+        loader.add_option(
+            "llm_budget_refresh", int, 5,
+            "Seconds between re-reads of budget spend from PostgreSQL (other proxies' calls count too).",
+        )
+        loader.add_option(
+            "llm_retries", int, 0,
+            "Retries per target for a retryable failure, for models without their own `retries` "
+            "(the SDKs retry too, so the default is 0).",
+        )
+        loader.add_option(
+            "llm_attempt_timeout", int, 60,
+            "Seconds an attempt of a rescued call may take to produce its first output before it counts as failed.",
+        )
+        loader.add_option("llm_breaker_failures", int, 5, "Consecutive failures that open a target's circuit breaker.")
+        loader.add_option("llm_breaker_cooldown", int, 30, "Seconds a circuit breaker stays open before a probe.")
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            if "llm_providers" in updated:
+                self.providers = load_providers(Path(ctx.options.llm_providers))
+            if "llm_pricing" in updated:
+                self.pricer = Pricer(load_pricing(Path(ctx.options.llm_pricing)))
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        # Read per call on the hot path: mitmproxy's option lookup costs more than an attribute.
+        self.log_bodies, self.default_retries = ctx.options.llm_log_bodies, ctx.options.llm_retries
+        if ctx.options.llm_body_max_bytes < 1024:
+            raise exceptions.OptionsError("llm_body_max_bytes must be at least 1024")
+        if "llm_providers" in updated:
+            self.access.use_providers(self.providers)
+        if "llm_keys" in updated:
+            self._load_keys()
+        if updated & _GATE_OPTIONS:
+            self._configure_gate()
+        if updated & _RESCUE_OPTIONS:
+            self._configure_rescue()
+        if updated & _WRITER_OPTIONS:
+            self._start_writer()
+        if ctx.options.connection_strategy != "lazy":
+            # Lazy: no upstream connection before our request hook has routed the call.
+            ctx.options.update(connection_strategy="lazy")
+
+    def _health(self) -> dict[str, object]:
+        return health.health(self.writer, self.access.gate, self.breakers.open_targets(), len(self.access.keys))
+
+    def _load_keys(self) -> None:
+        if self.keys_watcher is not None:
+            self.keys_watcher.stop()
+            self.keys_watcher = None
+        path_text = ctx.options.llm_keys
+        if not path_text:
+            self.access.use_keys(KeyRing())
+            return
+        path = Path(path_text)
+        if not path.is_file():
+            raise exceptions.OptionsError(
+                f"llm_keys: {path} does not exist; make it with `llm-proxy keys --keys-file {path} create NAME`"
+            )
+        try:
+            self.access.use_keys(read_keyring(path))
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        missing = sorted(p.name for p in self.providers.by_name.values()
+                         if p.api_key_env and p.name not in self.access.provider_keys)
+        if missing:
+            logger.warning("llm-proxy: no real key in the environment for %s; their calls will get a 500",
+                           ", ".join(missing))
+        self.keys_watcher = KeysWatcher(path, self.access.use_keys)
+        self.keys_watcher.start()
+
+    def _configure_gate(self) -> None:
+        limit, waiting, timeout = (ctx.options.llm_max_concurrent, ctx.options.llm_queue_max,
+                                   ctx.options.llm_queue_timeout)
+        if limit < 0 or waiting < 0 or timeout < 0:
+            raise exceptions.OptionsError("llm_max_concurrent, llm_queue_max and llm_queue_timeout cannot be negative")
+        self.access.gate = Gate(limit, waiting, timeout) if limit else None
+
+    def _configure_rescue(self) -> None:
+        opts = ctx.options
+        if opts.llm_retries < 0 or opts.llm_attempt_timeout <= 0 or opts.llm_breaker_failures <= 0 \
+                or opts.llm_breaker_cooldown < 0:
+            raise exceptions.OptionsError(
+                "llm_retries >= 0, llm_attempt_timeout > 0, llm_breaker_failures > 0 and llm_breaker_cooldown >= 0"
+            )
+        self.breakers.failures, self.breakers.cooldown = opts.llm_breaker_failures, float(opts.llm_breaker_cooldown)
+        self.relay.attempt_timeout = float(opts.llm_attempt_timeout)
+        self.relay.verify_tls = not opts.ssl_insecure  # the same trust as mitmproxy's own upstream connections
+
+    def running(self) -> None:
+        if self.keys_watcher is not None:
+            self.keys_watcher.start()
+        if not self.relay.running:
+            self.relay.start()
+
+    def _start_writer(self) -> None:
+        try:
+            database = parse_db_url(ctx.options.llm_db or default_db_url())
+            table = check_table_name(ctx.options.llm_table)
+        except DatabaseURLError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if ctx.options.llm_budget_refresh <= 0:
+            raise exceptions.OptionsError("llm_budget_refresh must be a positive number of seconds")
+        sink: PostgresSink | SqliteSink
+        if database.kind == "postgresql":
+            sink, refresh = PostgresSink(database.target, table), float(ctx.options.llm_budget_refresh)
+        else:
+            sink, refresh = SqliteSink(database.target, table), None  # embedded: this proxy is the only writer
+        if ctx.options.llm_journal_max_mb <= 0:
+            raise exceptions.OptionsError("llm_journal_max_mb must be a positive number of megabytes")
+        journal = Journal(journal_dir(ctx.options.llm_journal, table), ctx.options.llm_journal_max_mb << 20)
+        old, self.writer = self.writer, Writer(
+            sink, f"{database.describe()} table {table}", journal=journal,
+            body_max_bytes=ctx.options.llm_body_max_bytes, spend=self.access.spend, spend_refresh=refresh,
+        )
+        if old is not None:
+            old.stop()  # first: it must let go of the journal the new writer opens
+        self.writer.start()
+
+    def done(self) -> None:
+        # The rows first: nothing after them may keep them from the database or the journal.
+        if self.writer is not None:
+            self.writer.stop()
+        if self.keys_watcher is not None:
+            self.keys_watcher.stop()
+        self.relay.stop()
+
+    # --- flow hooks --------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        request = flow.request
+        if request.path.startswith(health.PREFIX):
+            flow.response = health.answer(request.path, self._health())
+            return
+        reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        route = route_request(
+            self.providers, reverse=reverse,
+            scheme=request.scheme, host=request.host, port=request.port, path=request.path,
+        )
+        if route is None:
+            return
+        call = self._calls[flow] = open_call(flow, route)
+        plan = plan_call(self.providers, route, call.model, by_model=reverse and route.upstream_url is None,
+                         default_retries=self.default_retries)
+        refusal = Refusal(400, plan, "model_not_found") if isinstance(plan, str) else (
+            await self.access.admit(flow, call))
+        if refusal is not None:
+            call.local = True
+            flow.response = local_response(
+                route.api, route.provider.format, refusal.status, refusal.message,
+                code=refusal.code, headers=refusal.headers,
+            )
+            return
+        assert not isinstance(plan, str)
+        if plan.rescues or plan.targets[0] != Target(route.provider.name):
+            # Another provider, another format or a second chance: the relay runs the attempts.
+            self.relay.jobs[flow.id] = RelayJob(plan, route.api, call.model, route.provider, flow.request.url)
+            flow.request.url = self.relay.url_for(flow.id)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self._calls.get(flow)
+        response = flow.response
+        if call is None or response is None or not 200 <= response.status_code < 300:
+            return
+        content_type = response.headers.get("content-type", "")
+        streamed = any(t in content_type for t in _STREAM_TYPES) or (
+            call.streaming and call.route.api == apis.GEMINI_GENERATE
+        )
+        if not streamed:
+            return
+        parser = stream_parser(call.route.api, strip_usage_chunk=call.strip_usage_chunk)
+        if parser is None:
+            response.stream = True  # a stream we cannot meter still must not be buffered
+            return
+        call.meter = StreamMeter(parser, decoder_for(content_type), strip=call.strip_usage_chunk)
+        response.stream = call.meter
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        call = self._calls.pop(flow, None)
+        if call is None:
+            return
+        call.done = True
+        job = self.relay.jobs.pop(flow.id, None)
+        try:
+            record, outcome = close_call(flow, call, log_bodies=self.log_bodies)
+            if job is not None:
+                record.cost_usd = self.pricer.relayed(record, job)
+            else:
+                record.cost_usd = Decimal(0) if call.local else self.pricer.call(record, outcome.usage)
+            flow.comment = comment(record)
+        except Exception:
+            logger.exception("llm-proxy could not build the row for %s", flow.request.pretty_url)
+            self.access.release(call)
+            return
+        self.access.finished(call, record.total_tokens)
+        if self.writer is not None:
+            self.writer.put(record)

@@ -1,0 +1,187 @@
+"""One metered call: what the request hook learns, and the Record it becomes.
+
+`open_call` reads and (where needed) rewrites the request; `close_call` turns
+the finished flow into a priced Record. Both are plain functions of a flow so
+tests can drive them with `tflow` without a running proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from mitmproxy import http
+
+from . import apis
+from .keys.model import hash_secret
+from .redact import client_key, fingerprint_of, mask_url
+from .record import Record
+from .limits.gate import Gate
+from .routing import Route
+from .stream.meter import StreamMeter
+from .usage import Usage, error_text, json_usage
+from .usage.base import loads
+
+
+@dataclass(slots=True)
+class Call:
+    route: Route
+    model: str | None
+    streaming: bool
+    strip_usage_chunk: bool  # we injected include_usage: hide its chunk from the client
+    request_body: Any
+    key_id: str | None
+    path: str  # as the client sent it, secrets masked
+    key_hash: str | None = None  # hash of the credential presented (the secret itself is never kept)
+    meter: StreamMeter | None = None
+    local: bool = False  # answered by the proxy itself, never sent upstream
+    holds_key: bool = False  # counts against its virtual key's parallel limit
+    gate: Gate | None = None  # the global gate it holds a slot in
+    done: bool = False  # its flow has ended (response or error hook ran)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What close_call found, besides the Record (for pricing and the comment)."""
+
+    usage: Usage
+    response_model: str | None
+
+
+def _with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return {**body, "stream_options": options}
+
+
+def open_call(flow: http.HTTPFlow, route: Route) -> Call:
+    """Read the request, move it to its upstream, and ask for streamed usage where needed."""
+    request = flow.request
+    raw = request.get_content(strict=False) or b""
+    body = loads(raw)
+    api = route.api
+    bare_path = request.path.partition("?")[0]
+    model = apis.model_from_path(bare_path) if api == apis.GEMINI_GENERATE else None
+    if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
+        model = body["model"]
+    streaming = apis.wants_stream(api, bare_path, body)
+    secret = client_key(request.headers, request.query)
+    key_hash = hash_secret(secret) if secret else None
+    call = Call(
+        route=route,
+        model=model,
+        streaming=streaming,
+        strip_usage_chunk=False,
+        # The client's own JSON text: stored as is, with no second serialisation in the writer.
+        request_body=raw if body is not None else _opaque_body(raw),
+        key_id=fingerprint_of(key_hash) if key_hash else None,
+        key_hash=key_hash,
+        path=mask_url(request.path),
+    )
+    if route.upstream_url is not None:
+        request.url = route.upstream_url
+    if api in apis.METERED:
+        request.headers["accept-encoding"] = "identity"  # chunks must be readable as they pass
+    if (
+        streaming
+        and route.provider.inject_stream_usage
+        and api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS)
+        and isinstance(body, dict)
+        and not (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"))
+    ):
+        request.content = json.dumps(_with_stream_usage(body)).encode()
+        call.strip_usage_chunk = True
+    return call
+
+
+def _opaque_body(content: bytes | None) -> Any:
+    """A non-JSON request body is not stored, only described."""
+    return {"non_json_bytes": len(content)} if content else None
+
+
+def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Record, Outcome]:
+    """Turn a finished (or failed) flow into its Record; pricing is the caller's."""
+    request, response = flow.request, flow.response
+    now = time.time()
+    started = request.timestamp_start
+    status = response.status_code if response is not None else None
+    usage, response_model, body, parsed, error = Usage(), None, None, None, None
+    first_byte: float | None = None
+    if call.meter is not None:
+        call.meter.finish()
+        parser = call.meter.parser
+        usage, response_model, error = parser.usage, parser.response_model, parser.error
+        body = parser.body()
+        first_byte = call.meter.first_byte_at
+        if call.meter.meter_error and not error:
+            error = call.meter.meter_error
+    elif response is not None:
+        first_byte = response.timestamp_start
+        content = response.content or b""
+        parsed = loads(content)
+        if status is not None and 200 <= status < 300:
+            usage, response_model = json_usage(call.route.api, parsed)
+        body = content if parsed is not None else _opaque_body(content)
+    if status is not None and status >= 400:
+        error = f"HTTP {status}: {error_text(parsed) or (response.reason if response else '')}".rstrip(": ")
+        if call.local:
+            error = f"llm-proxy answered {error}"
+    if flow.error is not None:
+        error = f"{error}; {flow.error.msg}" if error else flow.error.msg
+    ended = response.timestamp_end if response is not None and response.timestamp_end else now
+    record = Record(
+        request_id=flow.id,
+        ts=datetime.fromtimestamp(started, UTC),
+        duration_ms=_ms(ended - started),
+        ttft_ms=_ms(first_byte - started) if first_byte else None,
+        provider=call.route.provider.name,
+        api=call.route.api,
+        method=request.method,
+        path=call.path,
+        upstream_url=None if call.local else mask_url(request.url),
+        model=call.model,
+        response_model=response_model,
+        key_id=call.key_id,
+        streaming=call.streaming,
+        status=status,
+        error=error,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        request_body=call.request_body if log_bodies else None,
+        response_body=body if log_bodies else None,
+        client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+    )
+    return record, Outcome(usage, response_model)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def comment(record: Record) -> str:
+    """The line mitmweb shows for a metered flow: `gpt-4o-mini · 1,204→312 tok · $0.00037`."""
+    model = record.response_model or record.model or record.api or "?"
+    parts = [model]
+    if record.input_tokens is not None or record.output_tokens is not None:
+        parts.append(f"{record.input_tokens or 0:,}→{record.output_tokens or 0:,} tok")
+    parts.append(_usd(record.cost_usd))
+    if record.error:
+        parts.append(record.error[:80])
+    return " · ".join(parts)
+
+
+def _usd(amount: Decimal | None) -> str:
+    if amount is None:
+        return "$?"
+    if amount == 0:
+        return "$0"
+    return f"${amount:.2f}" if amount >= 1 else f"${amount:.4g}"  # 4 significant digits below $1
