@@ -1,0 +1,400 @@
+"""Benchmark entry point: `python -m bench.run`. How it works: see the `bench` package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.report import PROXIES, TARGETS, checks, fmt, machine, pool, report, summarize_profile
+
+from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, system_cpu
+from tests.fakes.process import LISTENING, Service, ServiceError
+from bench.writer import MODEL, bench_writer
+
+FAKE_OPENAI_KEY = "sk-bench-not-a-real-key"
+KEY_NAMES = {"addon": "bench", "outage": "bench-outage"}
+LOADS = ("json", "single", "stream")
+
+# ----------------------------------------------------------------- the run
+
+class Endpoint:
+    """Where a target's load goes, and the processes whose CPU is its cost."""
+
+    def __init__(self, host: str, port: int, proxy: Service | None, stream_proxy: Service | None = None) -> None:
+        self.host, self.port, self.proxy = host, port, proxy
+        self.stream_proxy = stream_proxy or proxy
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.slice_s: float = args.duration / args.rounds
+        self.pg_url: str = args.pg
+        self.table = f"bench_{secrets.token_hex(5)}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="llm-proxy-bench-"))
+        self.services: list[Service] = []
+        self.children: list[subprocess.Popen[str]] = []
+        self.secrets: dict[str, str] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.upstream: Service | None = None
+        self.relay: Service | None = None
+        self.slices: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.results: dict[str, Any] = {"targets": {}}
+        self.profile_dir: Path | None = None
+        self.pg_reached = False
+
+    # -- set-up and tear-down
+
+    def prepare(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.pg_url, connect_timeout=5) as conn:
+                self.results["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
+            self.pg_reached = True
+        except psycopg.OperationalError as e:
+            raise BenchError(f"PostgreSQL is needed at {self.pg_url}: {e}") from e
+        self.keys_file = self.tmp / "keys.toml"
+        for target, name in KEY_NAMES.items():
+            done = subprocess.run(
+                [str(BIN / "llm-proxy"), "keys", "--keys-file", str(self.keys_file), "create", name],
+                capture_output=True, text=True, timeout=30, cwd=REPO)
+            if done.returncode != 0 or not done.stdout.strip().startswith("llmp-"):
+                raise BenchError(f"llm-proxy keys create {name} failed: {done.stdout}{done.stderr}")
+            self.secrets[target] = done.stdout.strip()
+
+    def start_all(self) -> None:
+        print("starting the fake upstream, the database relay and four mitmdumps ...", flush=True)
+        self.upstream = self._service(
+            "fake upstream", [PY, "-m", "tests.fakes.upstream", "--port", "0", "--delay", "0.001"],
+            re.compile(r"listening on (http://\S+)"))
+        upstream_url = self.upstream.group
+        parts = urlsplit(upstream_url)
+        self.endpoints["direct"] = Endpoint(parts.hostname or "127.0.0.1", parts.port or 80, None)
+        bare = self.start_mitmdump("bare", upstream_url, db_url=None)
+        bare_stream = self.start_mitmdump("bare-stream", upstream_url, db_url=None,
+                                          extra=["--set", "stream_large_bodies=1"])
+        self.endpoints["bare"] = Endpoint("127.0.0.1", int(bare.group), bare, bare_stream)
+        addon = self.start_mitmdump("addon", upstream_url, db_url=self.pg_url)
+        self.endpoints["addon"] = Endpoint("127.0.0.1", int(addon.group), addon)
+        pg = urlsplit(self.pg_url)
+        self.relay = self._service(
+            "tcp relay", [PY, "-m", "tests.fakes.tcprelay", "--target",
+                          f"{pg.hostname or '127.0.0.1'}:{pg.port or 5432}", "--port", "0"],
+            re.compile(r"relay 127\.0\.0\.1:(\d+)"))
+        userinfo = pg.netloc.rpartition("@")[0]
+        relayed = pg._replace(netloc=f"{userinfo + '@' if userinfo else ''}127.0.0.1:{self.relay.group}").geturl()
+        outage = self.start_mitmdump("outage", upstream_url, db_url=relayed)
+        self.endpoints["outage"] = Endpoint("127.0.0.1", int(outage.group), outage)
+        self.relay.signal(signal.SIGUSR1)  # the outage starts: connections dropped, new ones refused
+        time.sleep(0.3)
+
+    def cleanup(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for service in reversed(self.services):
+            try:
+                service.stop(timeout=15)
+            except Exception as e:  # keep cleaning
+                print(f"could not stop {service.name}: {e}", file=sys.stderr)
+        self.services.clear()
+        if self.pg_reached:
+            try:
+                import psycopg
+
+                with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+            except Exception as e:
+                print(f"could not drop table {self.table}: {e}", file=sys.stderr)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _service(self, name: str, cmd: list[str], ready: re.Pattern[str], env: dict[str, str] | None = None
+                 ) -> Service:
+        service = Service(name, cmd, ready, env)
+        self.services.append(service)
+        return service.start()
+
+    def start_mitmdump(self, name: str, upstream_url: str, *, db_url: str | None, extra: list[str] | None = None
+                       ) -> Service:
+        cmd = [str(BIN / "mitmdump")]
+        env = {"LLM_PROXY_HOME": str(self.tmp / f"home-{name}")}  # one journal per proxy
+        if db_url is not None:
+            cmd += ["-s", str(ADDON)]
+            env["OPENAI_API_KEY"] = FAKE_OPENAI_KEY
+        cmd += ["--listen-host", "127.0.0.1", "--set", f"confdir={self.tmp / f'conf-{name}'}",
+                "--set", "flow_detail=0", "--mode", f"reverse:{upstream_url}@0", *(extra or [])]
+        if db_url is not None:
+            providers = self.tmp / f"providers-{name}.toml"
+            providers.write_text(f'[providers.openai]\nbase_url = "{upstream_url}"\nformat = "openai"\n'
+                                 'api_key_env = "OPENAI_API_KEY"\n')
+            cmd += ["--set", f"llm_providers={providers}", "--set", f"llm_db={db_url}",
+                    "--set", f"llm_table={self.table}", "--set", f"llm_keys={self.keys_file}"]
+        proxy = self._service(f"mitmdump ({name})", cmd, LISTENING, env)
+        if db_url is not None:
+            proxy.wait_for_log("llm-proxy writing rows to")
+        return proxy
+
+    # -- loads
+
+    def load_config(self, target: str, load: str) -> dict[str, Any]:
+        end = self.endpoints[target]
+        proxy = end.stream_proxy if load == "stream" else end.proxy
+        port = int(proxy.group) if proxy is not None else end.port
+        messages = [{"role": "system", "content": "You are a terse assistant."},
+                    {"role": "user", "content": "Say hello in one short sentence."}]
+        secret = self.secrets.get(target, self.secrets["addon"])  # direct and bare pass it on, unused
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+        body: dict[str, Any] = {"model": MODEL, "messages": messages, "max_tokens": 32}
+        connections = {"json": self.args.connections, "single": 1, "stream": self.args.stream_connections}[load]
+        if load == "stream":
+            body.update(stream=True, stream_options={"include_usage": True})
+            scenario = {"input": 27, "output": 20, "deltas": 20, "delay": 0.02}
+            headers["Accept"] = "text/event-stream"
+        else:
+            scenario = {"input": 27, "output": 9}
+        headers["x-fake-scenario"] = json.dumps(scenario, separators=(",", ":"))
+        return {"host": end.host, "port": port, "path": "/v1/chat/completions", "warmup": 1.0,
+                "duration": self.slice_s, "body": json.dumps(body), "headers": headers,
+                "connections": connections}
+
+    def measure(self, target: str, load: str, profile: bool = False) -> dict[str, Any]:
+        config = self.load_config(target, load)
+        end = self.endpoints[target]
+        proxy = end.stream_proxy if load == "stream" else end.proxy
+        watched = {"upstream": self.upstream} if proxy is None else {"proxy": proxy, "upstream": self.upstream}
+        for service in watched.values():
+            assert service is not None and service.proc is not None
+            if service.proc.poll() is not None:
+                raise BenchError(f"{service.name} exited ({service.proc.returncode}) before {target}/{load}:\n"
+                                 + "".join(list(service.lines)[-40:]))
+        print(f"  {target:<7} {load:<7} {config['connections']} conn, {self.slice_s:.1f} s ...", end="", flush=True)
+        proc = subprocess.Popen([PY, "-m", "bench.load", json.dumps(config)], stdout=subprocess.PIPE,
+                                text=True, cwd=REPO, start_new_session=True)
+        self.children.append(proc)
+        cpu0: dict[str, float | None] = {}
+        cpu1: dict[str, float | None] = {}
+        t0 = t1 = 0.0
+        sys0 = sys1 = None
+        result: dict[str, Any] | None = None
+        spy: subprocess.Popen[str] | None = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if line == "MEASURE_START":
+                t0 = time.perf_counter()
+                cpu0 = {name: s.cpu_seconds() for name, s in watched.items()}  # type: ignore[union-attr]
+                if proxy is not None:
+                    cpu0["proxy_loop"] = proxy.cpu_seconds(main_thread=True)
+                sys0 = system_cpu()
+                if profile and proxy is not None:
+                    spy = self.start_profiler(proxy)
+            elif line == "MEASURE_END":
+                t1 = time.perf_counter()
+                cpu1 = {name: s.cpu_seconds() for name, s in watched.items()}  # type: ignore[union-attr]
+                if proxy is not None:
+                    cpu1["proxy_loop"] = proxy.cpu_seconds(main_thread=True)
+                sys1 = system_cpu()
+            elif line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+        proc.wait()
+        self.children.remove(proc)
+        if spy is not None:
+            self.results["profile"] = self.finish_profiler(spy)
+        if result is None:
+            raise BenchError(f"the load generator failed for {target}/{load} (exit {proc.returncode})")
+        elapsed = t1 - t0
+        cpu_s = {name: (cpu1[name] - cpu0[name]) if cpu0.get(name) is not None and cpu1.get(name) is not None
+                 else None for name in cpu0}
+        cpu_s["loadgen"] = result["loadgen_cpu_pct"] * elapsed / 100 if result["loadgen_cpu_pct"] else None
+        if sys0 is not None and sys1 is not None:
+            ours = sum(v for k, v in cpu_s.items() if v is not None and k != "proxy_loop")
+            # Everything else on the machine (PostgreSQL included), and what the hypervisor stole.
+            cpu_s["rest"] = max(0.0, sys1[0] - sys0[0] - ours)
+            cpu_s["steal"] = sys1[1] - sys0[1]
+        result["cpu_s"], result["window_s"] = cpu_s, elapsed
+        if load == "stream":
+            print(f" first chunk p50 {fmt(result['first_chunk_ms']['p50'], 2)} ms,"
+                  f" end p50 {fmt(result['latency_ms']['p50'], 1)} ms, errors {result['errors']}")
+        else:
+            print(f" {result['rps']:.0f} req/s, p50 {fmt(result['latency_ms']['p50'], 2)} ms, "
+                  f"errors {result['errors']}")
+        return result
+
+    # -- profiling
+
+    def start_profiler(self, proxy: Service) -> subprocess.Popen[str] | None:
+        spy = shutil.which("py-spy", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        if spy is None:
+            print("\n  (--profile: py-spy not found; .venv/bin/pip install py-spy)", end="")
+            return None
+        assert self.profile_dir is not None
+        out = self.profile_dir / "addon-json.txt"
+        proc = subprocess.Popen(
+            [spy, "record", "--pid", str(proxy.pid), "--duration", str(max(1, round(self.slice_s))),
+             "--rate", "250", "--nonblocking", "--threads", "--function", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.children.append(proc)
+        self._spy_out = out
+        return proc
+
+    def finish_profiler(self, spy: subprocess.Popen[str]) -> dict[str, Any]:
+        try:
+            _, err = spy.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+        self.children.remove(spy)
+        if not self._spy_out.exists():
+            return {"error": f"py-spy wrote nothing: {err.strip()[-500:]}"}
+        return summarize_profile(self._spy_out)
+
+    # -- rows
+
+    def count_rows(self, key_id: str | None = None) -> int:
+        import psycopg
+
+        with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=5) as conn:
+            if conn.execute("SELECT to_regclass(%s)", (self.table,)).fetchone()[0] is None:
+                return 0
+            if key_id is None:
+                return conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM {self.table} WHERE key_id = %s", (key_id,)).fetchone()[0]
+
+    def settle_rows(self) -> None:
+        """Restore the database, let the writers catch up, stop the addon proxies (flush); count rows."""
+        calls = {t: sum(r["calls_completed"] for load in LOADS for r in self.slices.get((t, load), []))
+                 for t in PROXIES}
+        assert self.relay is not None
+        self.relay.signal(signal.SIGUSR2)
+        restored = time.perf_counter()
+        deadline = restored + 30
+        while self.count_rows(KEY_NAMES["outage"]) < calls["outage"] and time.perf_counter() < deadline:
+            time.sleep(0.1)
+        backlog_s = time.perf_counter() - restored
+        for target in PROXIES:
+            proxy = self.endpoints[target].proxy
+            assert proxy is not None
+            proxy.stop()
+            rows = self.count_rows(KEY_NAMES[target])
+            entry = {"calls": calls[target], "rows": rows, "ok": rows == calls[target]}
+            if target == "outage":
+                entry["backlog_s"] = backlog_s
+            self.results["targets"][target]["rows"] = entry
+            print(f"  {target}: {rows} rows in the table for {calls[target]} calls"
+                  + (f" (backlog written {backlog_s:.1f} s after the database came back)"
+                     if target == "outage" else ""))
+
+    # -- everything
+
+    def run(self) -> None:
+        self.prepare()
+        if self.args.profile is not None:
+            # kept after the run (not in the temp dir that is removed)
+            self.profile_dir = Path(self.args.profile or tempfile.mkdtemp(prefix="llm-proxy-profile-"))
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self.start_all()
+        names = list(TARGETS)
+        for r in range(self.args.rounds):
+            print(f"round {r + 1} of {self.args.rounds}")
+            order = names[r % len(names):] + names[:r % len(names)]
+            for load in LOADS:
+                for target in order:
+                    profile = self.args.profile is not None and r == 0 and target == "addon" and load == "json"
+                    self.slices.setdefault((target, load), []).append(self.measure(target, load, profile))
+        for target in TARGETS:
+            self.results["targets"][target] = {
+                "label": TARGETS[target], "loads": {load: pool(self.slices[(target, load)]) for load in LOADS}}
+        self.settle_rows()
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+        self.results["writer"] = bench_writer(self.pg_url, self.table, self.args.rows, self.count_rows)
+        self.results["wall_s"] = time.perf_counter() - started
+
+
+# ----------------------------------------------------------------- entry point
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds measured per target and load (default 10; --quick: 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="slices each measurement is split into, interleaved across targets (default 3; "
+                             "--quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="3 s per measurement, 1 round")
+    parser.add_argument("--connections", type=int, default=8, help="connections of the non-streamed load")
+    parser.add_argument("--stream-connections", type=int, default=4, help="connections of the streamed load")
+    parser.add_argument("--rows", type=int, default=100_000, help="rows for the writer benchmark")
+    parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL URL (a table bench_<random> is used)")
+    parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    parser.add_argument("--profile", nargs="?", const="", metavar="DIR",
+                        help="py-spy the addon proxy during its first json slice (raw stacks kept in DIR)")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if min(args.duration, args.rounds, args.connections, args.stream_connections, args.rows) <= 0:
+        parser.error("--duration, --rounds, --connections, --stream-connections and --rows must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C and SIGTERM both end in the cleanup, even when started in the background (SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGHUP, _sigterm)
+    bench = Bench(args)
+    command = shlex.join(sys.orig_argv) if argv is None else shlex.join([PY, "-m", "bench.run", *argv])
+    results = bench.results
+    results.update(command=command, machine=machine(), profiled=args.profile is not None, config={
+        "duration": args.duration, "rounds": args.rounds, "connections": args.connections,
+        "stream_connections": args.stream_connections, "rows": args.rows, "table": bench.table})
+    print(f"llm-proxy benchmark: {command}")
+    status = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        status = 130
+    except ServiceError as e:  # BenchError, or a service that would not start
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        status = 2
+    finally:
+        bench.cleanup()
+    if status:
+        return status
+    results["errors"] = sum(r["errors"] for t in results["targets"].values() for r in t["loads"].values())
+    results["checks"] = checks(results)
+    print()
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nresults written to {args.json}")
+    failed = any(c["result"] == "FAIL" for c in results["checks"])
+    return 1 if failed or results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
