@@ -131,7 +131,11 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Re
         error = f"HTTP {status}: {error_text(parsed) or (response.reason if response else '')}".rstrip(": ")
         if call.local:
             error = f"llm-proxy answered {error}"
-    if flow.error is not None:
+    # A provider error reported inside the stream is the cause; the client
+    # (or upstream) dropping the connection right after it is a consequence
+    # whose timing varies, so it is not appended.
+    in_band_error = call.meter is not None and call.meter.parser.error is not None
+    if flow.error is not None and not in_band_error:
         error = f"{error}; {flow.error.msg}" if error else flow.error.msg
     ended = response.timestamp_end if response is not None and response.timestamp_end else now
     record = Record(

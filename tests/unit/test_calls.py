@@ -261,6 +261,9 @@ def test_close_call_stream_error_and_meter_error():
     record, _ = close_call(flow, call, log_bodies=True)
     assert record.error == "overloaded_error: Overloaded"
     assert (record.input_tokens, record.output_tokens) == (812, 3)
+    flow.error = mflow.Error("Client disconnected.")  # SDKs hang up on an error event; that is not news
+    record, _ = close_call(flow, call, log_bodies=True)
+    assert record.error == "overloaded_error: Overloaded"
 
     flow, call = opened("/anthropic/v1/messages", {"model": "claude-sonnet-4-5", "stream": True})
     call.meter = StreamMeter(stream_parser(call.route.api), SSEDecoder(max_event_bytes=16), strip=False)
