@@ -16,7 +16,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from . import apis
+from . import apis, headers
 from .keys.model import hash_secret
 from .redact import client_key, fingerprint_of, mask_url
 from .record import Record
@@ -25,6 +25,10 @@ from .routing import Route
 from .stream.meter import StreamMeter
 from .usage import Usage, error_text, json_usage
 from .usage.base import loads
+
+
+_ACCEPT_ENCODING = frozenset({b"accept-encoding"})
+_IDENTITY = ((b"accept-encoding", b"identity"),)
 
 
 @dataclass(slots=True)
@@ -62,7 +66,7 @@ def _with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:
 def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     """Read the request, move it to its upstream, and ask for streamed usage where needed."""
     request = flow.request
-    raw = request.get_content(strict=False) or b""
+    raw = headers.body(request)
     body = loads(raw)
     api = route.api
     bare_path = request.path.partition("?")[0]
@@ -70,7 +74,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
         model = body["model"]
     streaming = apis.wants_stream(api, bare_path, body)
-    secret = client_key(request.headers, request.query)
+    secret = client_key(request)
     key_hash = hash_secret(secret) if secret else None
     call = Call(
         route=route,
@@ -86,7 +90,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     if route.upstream_url is not None:
         request.url = route.upstream_url
     if api in apis.METERED:
-        request.headers["accept-encoding"] = "identity"  # chunks must be readable as they pass
+        headers.rewrite(request.headers, _ACCEPT_ENCODING, _IDENTITY)  # chunks must be readable as they pass
     if (
         streaming
         and route.provider.inject_stream_usage
@@ -122,7 +126,7 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Re
             error = call.meter.meter_error
     elif response is not None:
         first_byte = response.timestamp_start
-        content = response.content or b""
+        content = headers.body(response)
         parsed = loads(content)
         if status is not None and 200 <= status < 300:
             usage, response_model = json_usage(call.route.api, parsed)

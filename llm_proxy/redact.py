@@ -9,27 +9,39 @@ place a provider's real key is written (into the upstream request).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-
 from mitmproxy import http
+
+from . import headers
 
 from .keys.model import hash_secret
 
-KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")  # in order of precedence
+_KEY_HEADER_RANK = {name.encode(): rank for rank, name in enumerate(KEY_HEADERS)}
+_AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&#]*")
 MASK = "***"
 
 
-def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The credential the client presented, from whichever place its SDK uses."""
-    for name in KEY_HEADERS:
-        value = headers.get(name)
-        if value:
-            if name == "authorization":
-                scheme, _, token = value.partition(" ")
-                value = token.strip() if scheme.lower() == "bearer" and token else value
-            return value
-    return query.get("key") or None
+def client_key(request: http.Request) -> str | None:
+    """The credential the client presented, from whichever place its SDK uses.
+
+    One pass over the raw header fields: this runs on every call, and a
+    `Headers.get` per candidate name would scan and lower-case them all each time.
+    """
+    rank, found = len(KEY_HEADERS), b""
+    for name, value in request.headers.fields:
+        this = _KEY_HEADER_RANK.get(name.lower())
+        if this is not None and this < rank and value:
+            rank, found = this, value
+    if found:
+        value = found.decode("utf-8", "surrogateescape")  # as mitmproxy's Headers decode it
+        if rank == _AUTHORIZATION_RANK:
+            scheme, _, token = value.partition(" ")
+            value = token.strip() if scheme.lower() == "bearer" and token else value
+        return value
+    if b"?" not in request.data.path:
+        return None
+    return request.query.get("key") or None
 
 
 def fingerprint(secret: str) -> str:
@@ -58,10 +70,10 @@ _PROVIDER_AUTH = {
 
 def replace_credentials(request: http.Request, provider_format: str, real_key: str | None) -> None:
     """Remove whatever key the client sent and, if the provider needs one, set the real one."""
-    for name in KEY_HEADERS:
-        request.headers.pop(name, None)
-    if "key" in request.query:
-        request.query.pop("key")
+    add: tuple[tuple[bytes, bytes], ...] = ()
     if real_key:
         header, template = _PROVIDER_AUTH[provider_format]
-        request.headers[header] = template.format(real_key)
+        add = ((header.encode(), template.format(real_key).encode()),)
+    headers.rewrite(request.headers, _KEY_HEADER_RANK, add)
+    if b"?" in request.data.path and "key" in request.query:
+        request.query.pop("key")

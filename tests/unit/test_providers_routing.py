@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 from mitmproxy.http import Headers
+from mitmproxy.test import tutils
+from urllib.parse import urlencode
 
 from llm_proxy import apis
 from llm_proxy.config.providers import ConfigError, Provider, Providers, generic_provider, load_providers
 from llm_proxy.paths import DEFAULT_PROVIDERS
-from llm_proxy.redact import client_key, fingerprint, mask_url
+from llm_proxy.redact import client_key, fingerprint, mask_url, replace_credentials
 from llm_proxy.routing import Route, route_request, split_query
 
 SHIPPED = {"openai", "anthropic", "gemini", "mistral", "groq", "deepseek", "openrouter", "together", "nvidia",
@@ -268,13 +270,37 @@ def test_wants_stream(api, path, body, expected):
     ({}, {"key": ""}, None),
 ])
 def test_client_key(headers, query, key):
-    assert client_key(headers, query) == key
+    assert client_key(request_with(Headers(**headers), query)) == key
+
+
+def request_with(headers: Headers, query: dict[str, str] | None = None):
+    path = "/v1beta/models/gemini-2.5-flash:generateContent" + (f"?{urlencode(query)}" if query else "")
+    return tutils.treq(path=path.encode(), headers=headers)
 
 
 def test_client_key_from_mitmproxy_headers_is_case_insensitive():
-    headers = Headers(Authorization="Bearer sk-proj-TESTKEY123")
-    assert client_key(headers, {}) == "sk-proj-TESTKEY123"
-    assert client_key(Headers([(b"X-Goog-Api-Key", b"AIzaSyTESTKEY")]), {}) == "AIzaSyTESTKEY"
+    assert client_key(request_with(Headers(Authorization="Bearer sk-proj-TESTKEY123"))) == "sk-proj-TESTKEY123"
+    assert client_key(request_with(Headers([(b"X-Goog-Api-Key", b"AIzaSyTESTKEY")]))) == "AIzaSyTESTKEY"
+
+
+def test_client_key_precedence_does_not_depend_on_header_order():
+    headers = Headers([(b"api-key", b"azure-key-1"), (b"x-api-key", b""), (b"Authorization", b"Bearer sk-first")])
+    assert client_key(request_with(headers)) == "sk-first"
+
+
+@pytest.mark.parametrize("provider_format,real,expected", [
+    ("gemini", "AIza-real", [("content-type", "application/json"), ("x-goog-api-key", "AIza-real")]),
+    ("anthropic", "sk-ant-real", [("content-type", "application/json"), ("x-api-key", "sk-ant-real")]),
+    ("openai", "sk-real", [("content-type", "application/json"), ("authorization", "Bearer sk-real")]),
+    ("ollama", None, [("content-type", "application/json")]),
+])
+def test_replace_credentials_drops_every_client_key(provider_format, real, expected):
+    headers = Headers([(b"Authorization", b"Bearer llmp-virtual"), (b"content-type", b"application/json"),
+                       (b"X-Api-Key", b"llmp-virtual"), (b"api-key", b"llmp-virtual")])
+    request = request_with(headers, {"alt": "sse", "key": "llmp-virtual"})
+    replace_credentials(request, provider_format, real)
+    assert list(request.headers.items(multi=True)) == expected
+    assert request.query.get("key") is None and request.query.get("alt") == "sse"
 
 
 @pytest.mark.parametrize("key,fp", [
