@@ -102,7 +102,8 @@ class Access:
 
     async def _admit_key(self, request: http.Request, call: Call) -> Refusal | None:
         found = self.keys.find_hash(call.key_hash) if call.key_hash else None  # hashed once, in open_call
-        key, refusal = judge_key(found, call.key_hash is not None, call.model, datetime.now(UTC))
+        wall = datetime.now(UTC)
+        key, refusal = judge_key(found, call.key_hash is not None, call.model, wall)
         if key is not None:
             call.key_id = key.name  # rows of a known key carry its name, refused or not
         if refusal is not None or key is None:
@@ -113,7 +114,7 @@ class Access:
             if spend is None:
                 return Refusal(503, "budget state unavailable (database unreachable); try again later",
                                "budget_unavailable", {"retry-after": "5"})
-        refusal = self.limiter.admit(key, time.monotonic(), spend, datetime.now(UTC))
+        refusal = self.limiter.admit(key, time.monotonic(), spend, wall)
         if refusal is not None:
             return refusal
         call.holds_key = True

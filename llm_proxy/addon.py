@@ -31,7 +31,7 @@ from .pricer import Pricer
 from .config.models import Target
 from .rescue.breaker import Breakers
 from .rescue.relay import Relay, RelayJob
-from .routing import plan_call, route_request
+from .routing import Router
 from .storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from .storage.postgres import PostgresSink
 from .storage.schema import DEFAULT_TABLE
@@ -53,10 +53,11 @@ _RESCUE_OPTIONS = {"llm_breaker_failures", "llm_breaker_cooldown", "llm_attempt_
 class LLMProxy:
     def __init__(self) -> None:
         self.providers = Providers([])
+        self.router = Router(self.providers, 0)
         self.pricer = Pricer(PriceBook({}))
         self.writer: Writer | None = None
         self.access = Access()
-        self.log_bodies, self.default_retries = True, 0
+        self.log_bodies = True
         self.keys_watcher: KeysWatcher | None = None
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
@@ -124,11 +125,12 @@ class LLMProxy:
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
         # Read per call on the hot path: mitmproxy's option lookup costs more than an attribute.
-        self.log_bodies, self.default_retries = ctx.options.llm_log_bodies, ctx.options.llm_retries
+        self.log_bodies = ctx.options.llm_log_bodies
         if ctx.options.llm_body_max_bytes < 1024:
             raise exceptions.OptionsError("llm_body_max_bytes must be at least 1024")
         if "llm_providers" in updated:
             self.access.use_providers(self.providers)
+        self.router = Router(self.providers, ctx.options.llm_retries)
         if "llm_keys" in updated:
             self._load_keys()
         if updated & _GATE_OPTIONS:
@@ -235,15 +237,13 @@ class LLMProxy:
             flow.response = health.answer(request.path, self._health())
             return
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
-        route = route_request(
-            self.providers, reverse=reverse,
-            scheme=request.scheme, host=request.host, port=request.port, path=request.path,
+        route = self.router.route(
+            reverse=reverse, scheme=request.scheme, host=request.host, port=request.port, path=request.path,
         )
         if route is None:
             return
         call = self._calls[flow] = open_call(flow, route)
-        plan = plan_call(self.providers, route, call.model, by_model=reverse and route.upstream_url is None,
-                         default_retries=self.default_retries)
+        plan = self.router.plan(route, call.model, by_model=reverse and route.upstream_url is None)
         refusal = Refusal(400, plan, "model_not_found") if isinstance(plan, str) else (
             await self.access.admit(flow, call))
         if refusal is not None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .memo import Memo
 
 _FIELDS = {"target", "fallbacks", "retries"}
 MAX_RETRIES = 10
@@ -42,7 +43,7 @@ class ModelRoutes:
     def __init__(self, routes: Mapping[str, ModelRoute]) -> None:
         self._exact = {p: r for p, r in routes.items() if not _is_glob(p)}
         self._globs = sorted(((p, r) for p, r in routes.items() if _is_glob(p)), key=lambda i: -len(i[0]))
-        self._memo: dict[str, ModelRoute | None] = {}
+        self._glob_match: Memo[str, ModelRoute | None] = Memo(self._first_glob)
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._globs)
@@ -53,12 +54,10 @@ class ModelRoutes:
         route = self._exact.get(model)
         if route is not None or not self._globs:
             return route
-        if model in self._memo:
-            return self._memo[model]
-        found = next((r for pattern, r in self._globs if fnmatch.fnmatchcase(model, pattern)), None)
-        if len(self._memo) < 10_000:  # bounded: model names come from clients
-            self._memo[model] = found
-        return found
+        return self._glob_match(model)
+
+    def _first_glob(self, model: str) -> ModelRoute | None:
+        return next((r for pattern, r in self._globs if fnmatch.fnmatchcase(model, pattern)), None)
 
 
 def _is_glob(pattern: str) -> bool:

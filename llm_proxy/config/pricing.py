@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..usage.model import Usage
 from .errors import ConfigError
+from .memo import Memo
 
 MILLION = Decimal(1_000_000)
 ANY_PROVIDER = "*"
@@ -103,18 +104,16 @@ class PriceBook:
             provider: sorted(entries.items(), key=lambda item: len(item[0]), reverse=True)
             for provider, entries in tables.items()
         }
-        self._memo: dict[tuple[str, str], Price | None] = {}
+        self._longest_prefix: Memo[tuple[str, str], Price | None] = Memo(self._lookup)
 
     def find(self, provider: str, model: str | None) -> Price | None:
         if not model:
             return None
-        key = (provider, model)
-        if key in self._memo:
-            return self._memo[key]
-        price = self._match(provider, model) or self._match(ANY_PROVIDER, model)
-        if len(self._memo) < 10_000:  # bounded: model names come from clients
-            self._memo[key] = price
-        return price
+        return self._longest_prefix((provider, model))
+
+    def _lookup(self, key: tuple[str, str]) -> Price | None:
+        provider, model = key
+        return self._match(provider, model) or self._match(ANY_PROVIDER, model)
 
     def _match(self, provider: str, model: str) -> Price | None:
         for prefix, price in self._tables.get(provider, ()):

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .memo import Memo
 from .models import ModelRoutes, parse_models
 
 FORMATS = ("openai", "anthropic", "gemini", "ollama")
@@ -80,17 +81,12 @@ class Providers:
     def __init__(self, providers: Iterable[Provider], routes: ModelRoutes | None = None) -> None:
         self.by_name: dict[str, Provider] = {p.name: p for p in providers}
         self.routes = routes if routes is not None else ModelRoutes({})
-        self._owners: dict[str, Provider | None] = {}
+        # Model names repeat on every call: match the globs once per name.
+        self.owner_of: Memo[str, Provider | None] = Memo(self._first_accepting)
 
-    def owner_of(self, model: str) -> Provider | None:
-        """The first provider whose `models` globs match (memoised: model names repeat)."""
-        try:
-            return self._owners[model]
-        except KeyError:
-            owner = next((p for p in self.by_name.values() if p.accepts(model)), None)
-            if len(self._owners) < 10_000:  # bounded: model names come from clients
-                self._owners[model] = owner
-            return owner
+    def _first_accepting(self, model: str) -> Provider | None:
+        """The first provider whose `models` globs match."""
+        return next((p for p in self.by_name.values() if p.accepts(model)), None)
 
     def __contains__(self, name: str) -> bool:
         return name in self.by_name
