@@ -56,6 +56,8 @@ def fingerprint_of(secret_hash: str) -> str:
 
 def mask_url(url: str) -> str:
     """The URL or path with any `key=` query value replaced."""
+    if "=" not in url:  # nearly every call: no parameter, nothing to mask
+        return url
     return _KEY_PARAM.sub(rf"\g<1>{MASK}", url)
 
 
