@@ -83,7 +83,10 @@ What one run does, on one machine:
    temp dir), also on Ctrl-C or SIGTERM.
 
 Files: ``bench/run.py`` (this: processes, measurements, the writer),
-``bench/load.py`` (the load generator), ``bench/report.py`` (tables, targets).
+``bench/load.py`` (the load generator), ``bench/report.py`` (tables, targets),
+``bench/instructions.py`` with ``bench/parts.py`` (``python -m
+bench.instructions``: the addon's cost per request by part, counted by
+callgrind, repeatable where requests/s is not).
 
 Row check: after the measurements the addon proxies are stopped (SIGTERM
 flushes) and the table must hold one row per call the load generator completed
