@@ -49,18 +49,8 @@ class HooksOnly:
         return None
 
 
-class Loaded(LLMProxy):
-    async def request(self, flow: http.HTTPFlow) -> None:
-        return None
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        return None
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        return None
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        return None
+class Loaded(HooksOnly, LLMProxy):
+    """LLMProxy with everything set up, its flow hooks shadowed by HooksOnly's no-ops."""
 
 
 class RequestOnly(LLMProxy):
