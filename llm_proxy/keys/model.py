@@ -34,7 +34,9 @@ def new_secret() -> str:
 
 
 def hash_secret(secret: str) -> str:
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+    # surrogateescape: a header with bytes that are not UTF-8 (mitmproxy decodes it so)
+    # hashes as the bytes it was, to a key nobody has, rather than failing the hook.
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def check_name(name: str) -> str:

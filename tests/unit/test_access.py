@@ -158,6 +158,18 @@ def test_openai_virtual_key_is_swapped_for_the_real_key():
     assert flow.request.host == "api.openai.com"
 
 
+def test_a_key_that_is_not_utf8_is_an_unknown_key_not_a_crash():
+    acc = keyed_access()
+    flow = make_flow("/openai/v1/chat/completions", CHAT)
+    flow.request.headers.fields += ((b"authorization", b"Bearer llmp-\xff\xfe"),)
+    route = route_request(PROVIDERS, reverse=True, scheme="http", host="localhost", port=8080,
+                          path="/openai/v1/chat/completions")
+    call = open_call(flow, route)
+    refusal = admit(acc, flow, call)
+    assert (refusal.status, refusal.code) == (401, "invalid_api_key")
+    assert call.key_id is not None and call.key_id.startswith("fp-")
+
+
 def test_openai_key_in_x_api_key_header_is_accepted_and_removed():
     acc = keyed_access()
     flow, call = opened("/openai/v1/chat/completions", CHAT, {"X-API-Key": ALICE})
