@@ -31,7 +31,7 @@ from .pricer import Pricer
 from .config.models import Target
 from .rescue.breaker import Breakers
 from .rescue.relay import Relay, RelayJob
-from .routing import Router
+from .routing import Route, Router
 from .storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from .storage.postgres import PostgresSink
 from .storage.schema import DEFAULT_TABLE
@@ -242,22 +242,33 @@ class LLMProxy:
         )
         if route is None:
             return
-        call = self._calls[flow] = open_call(flow, route)
-        plan = self.router.plan(route, call.model, by_model=reverse and route.upstream_url is None)
-        refusal = Refusal(400, plan, "model_not_found") if isinstance(plan, str) else (
-            await self.access.admit(flow, call))
+        try:
+            refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
+        except Exception:
+            # Fail closed: a call the proxy could not check must not reach the provider unchecked.
+            logger.exception("llm-proxy could not handle %s %s", request.method, request.pretty_url)
+            refusal = Refusal(500, "llm-proxy could not handle this call; its log says why", "internal_error")
         if refusal is not None:
-            call.local = True
+            call = self._calls.get(flow)
+            if call is not None:
+                call.local = True
             flow.response = local_response(
                 route.api, route.provider.format, refusal.status, refusal.message,
                 code=refusal.code, headers=refusal.headers,
             )
-            return
-        assert not isinstance(plan, str)
-        if plan.rescues or plan.targets[0] != Target(route.provider.name):
+
+    async def _admit(self, flow: http.HTTPFlow, route: Route, *, by_model: bool) -> Refusal | None:
+        """Open the call, plan it and check its key; a Refusal is answered locally."""
+        call = self._calls[flow] = open_call(flow, route)
+        plan = self.router.plan(route, call.model, by_model=by_model)
+        if isinstance(plan, str):
+            return Refusal(400, plan, "model_not_found")
+        refusal = await self.access.admit(flow, call)
+        if refusal is None and (plan.rescues or plan.targets[0] != Target(route.provider.name)):
             # Another provider, another format or a second chance: the relay runs the attempts.
             self.relay.jobs[flow.id] = RelayJob(plan, route.api, call.model, route.provider, flow.request.url)
             flow.request.url = self.relay.url_for(flow.id)
+        return refusal
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self._calls.get(flow)
