@@ -1,9 +1,9 @@
 """Header reads and writes for the per-call hot path, on the raw field tuples.
 
 mitmproxy's `Headers.get` and `Headers.__setitem__` lower-case and re-encode
-every field on every call; with a dozen of them per call they were most of
-the request hook's cost (`python -m bench.instructions`: with these and the
-Router the hook went from 0.43 to 0.19 M instructions). These do one pass
+every field on every call, and the hot path did about a dozen of them per
+call (`python -m bench.instructions`: with these and the Router the request
+hook went from 0.43 to 0.19 M instructions). These do one pass
 over `headers.fields` (a tuple of (bytes, bytes)) and keep mitmproxy's
 semantics: names match case-insensitively, a set replaces every field of that
 name, and a new field goes at the end.

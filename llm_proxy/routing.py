@@ -89,8 +89,8 @@ class Router:
     """`route_request` and `plan_call` for one providers.toml and retries setting, remembered.
 
     Both answers depend only on the config and on what the request names
-    (host, path, model), and the same few come back on every call; working
-    them out again per call was a tenth of the request hook's time.
+    (host, path, model), and the same few come back on every call, so the
+    request hook need not work them out again each time.
     """
 
     def __init__(self, providers: Providers, default_retries: int) -> None:
