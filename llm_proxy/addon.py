@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .limits.gate import Gate
 from .limits.limiter import Refusal
 from .paths import DEFAULT_PRICING, DEFAULT_PROVIDERS, default_db_url
 from .pricer import Pricer
+from .record import Record
 from .config.models import Target
 from .rescue.breaker import Breakers
 from .rescue.relay import Relay, RelayJob
@@ -62,6 +64,9 @@ class LLMProxy:
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
+        # Other addons (metrics, jobs) observe each finished row here instead of importing this one;
+        # a listener runs on the event loop, so it must be quick and must not block.
+        self.record_listeners: list[Callable[[Record], None]] = []
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -312,5 +317,10 @@ class LLMProxy:
             self.access.release(call)
             return
         self.access.finished(call, record.total_tokens)
+        for listener in self.record_listeners:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("llm-proxy record listener %r failed", listener)
         if self.writer is not None:
             self.writer.put(record)
