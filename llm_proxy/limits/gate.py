@@ -37,6 +37,15 @@ class Gate:
         self._waiters.append(ticket)
         try:
             await asyncio.wait_for(ticket, self.timeout)
+        except asyncio.CancelledError:
+            # The waiting hook was cancelled: leave no ticket behind (it would count as waiting
+            # until a slot came free), and hand on a slot that arrived as it was cancelled.
+            if ticket.done() and not ticket.cancelled():
+                self.leave()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(ticket)
+            raise
         except TimeoutError:
             if ticket.done() and not ticket.cancelled():
                 return None  # the slot arrived as the timer fired: keep it

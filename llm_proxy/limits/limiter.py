@@ -3,12 +3,19 @@
 `admit` is called once per request before anything is sent upstream and
 either reserves the request (counted against rpm and parallel) or returns
 the 429 to answer, with the headers an SDK uses to back off.
+
+Memory stays bounded however many calls pass: a key keeps a request window
+only while it has an rpm limit and a token window only while it has a tpm
+limit (admit sees the key's limits and drops a window the key no longer
+needs); each window is bounded by its span (windows.py); an in-flight count
+that falls to 0 is removed; and about once a span, windows left empty by
+keys that went quiet (or left the key ring) are dropped, unless the key
+still has calls in flight whose tokens are yet to be counted.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -34,23 +41,32 @@ def _reset(seconds: float) -> str:
 
 
 class Limiter:
-    def __init__(self) -> None:
-        self._requests: defaultdict[str, SlidingWindow] = defaultdict(SlidingWindow)
-        self._tokens: defaultdict[str, SlidingWindow] = defaultdict(SlidingWindow)
-        self._in_flight: defaultdict[str, int] = defaultdict(int)
+    def __init__(self, span: float = 60.0) -> None:
+        self.span = span
+        self._requests: dict[str, SlidingWindow] = {}  # keys with an rpm limit
+        self._tokens: dict[str, SlidingWindow] = {}  # keys with a tpm limit
+        self._in_flight: dict[str, int] = {}  # keys with calls in flight (never 0)
+        self._next_sweep: float | None = None
 
     def in_flight(self, name: str) -> int:
-        return self._in_flight[name]
+        return self._in_flight.get(name, 0)
+
+    def __len__(self) -> int:
+        """Entries held for all keys (windows and in-flight counts), for tests and soak checks."""
+        return len(self._requests) + len(self._tokens) + len(self._in_flight)
 
     def admit(self, key: VirtualKey, now: float, spend: Decimal | None, wall: datetime) -> Refusal | None:
         """Reserve a request for `key`, or say why not (429)."""
+        if self._next_sweep is None or now >= self._next_sweep:
+            self._sweep(now)
         name = key.name
-        if key.parallel is not None and self._in_flight[name] >= key.parallel:
+        if key.parallel is not None and self._in_flight.get(name, 0) >= key.parallel:
             return Refusal(429, f"key {name!r} already has {key.parallel} requests in flight (its parallel limit)",
                            "parallel_limit_exceeded", _retry_headers(1))
-        for limit, window, unit in ((key.rpm, self._requests[name], "requests"),
-                                    (key.tpm, self._tokens[name], "tokens")):
-            if limit is not None and window.total(now) >= limit:
+        requests = self._window(self._requests, name, key.rpm)
+        tokens = self._window(self._tokens, name, key.tpm)
+        for limit, window, unit in ((key.rpm, requests, "requests"), (key.tpm, tokens, "tokens")):
+            if limit is not None and window is not None and window.total(now) >= limit:
                 wait = window.seconds_until_below(now, limit)
                 return Refusal(429, f"key {name!r} is over its limit of {limit} {unit} per minute",
                                "rate_limit_exceeded", {
@@ -63,16 +79,46 @@ class Limiter:
             wait = _until_next_period(key.period, wall)
             return Refusal(429, f"key {name!r} has spent ${spend} of its ${key.budget} {key.period} budget",
                            "insufficient_quota", _retry_headers(wait))
-        self._requests[name].add(now)
-        self._in_flight[name] += 1
+        if requests is not None:
+            requests.add(now)
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
         return None
 
     def release(self, name: str) -> None:
-        if self._in_flight[name] > 0:
-            self._in_flight[name] -= 1
+        count = self._in_flight.get(name, 0)
+        if count > 1:
+            self._in_flight[name] = count - 1
+        elif count:
+            del self._in_flight[name]
 
     def used_tokens(self, name: str, now: float, tokens: int) -> None:
-        self._tokens[name].add(now, tokens)
+        """Count a finished call's tokens, for a key that had a tpm limit when it was admitted.
+
+        Tokens of a key without one are not kept: nothing would ever read them.
+        """
+        window = self._tokens.get(name)
+        if window is not None:
+            window.add(now, tokens)
+
+    def _window(self, windows: dict[str, SlidingWindow], name: str, limit: int | None) -> SlidingWindow | None:
+        """The key's window while it has `limit`; dropped when the limit is gone."""
+        if limit is None:
+            if windows:
+                windows.pop(name, None)
+            return None
+        window = windows.get(name)
+        if window is None:
+            window = windows[name] = SlidingWindow(self.span)
+        return window
+
+    def _sweep(self, now: float) -> None:
+        """Forget empty windows of keys with nothing in flight: keys that went quiet or are gone."""
+        self._next_sweep = now + self.span
+        in_flight = self._in_flight
+        for windows in (self._requests, self._tokens):
+            idle = [name for name, window in windows.items() if name not in in_flight and not window.total(now)]
+            for name in idle:
+                del windows[name]
 
 
 def _until_next_period(period: str, wall: datetime) -> float:

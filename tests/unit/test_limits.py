@@ -61,14 +61,30 @@ def test_seconds_until_below():
 
 
 def test_seconds_until_below_is_zero_when_already_below():
-    # BUG (no caller hits it today: Limiter only asks when total >= limit): the docstring
-    # promises 0 when the total is already below `limit`, but with total 6 and limit 7 the
-    # loop still returns the first event's expiry (30.0).
     w = SlidingWindow()
     w.add(0.0)
     w.add(10.0, 2)
     w.add(30.0, 3)
     assert w.seconds_until_below(30.0, 7) == 0.0
+
+
+def test_close_events_share_an_entry_and_leave_late_never_early():
+    w = SlidingWindow()  # times are binary fractions, so the arithmetic is exact
+    w.add(0.0)
+    w.add(0.0625, 2)  # within 0.1 s of the entry's first event: merged, stamped 0.0625
+    w.add(0.25)
+    assert len(w) == 2
+    assert w.seconds_until_below(0.25, 2) == 59.8125  # the shared entry leaves at 0.0625 + 60
+    assert w.total(60.0) == 4  # the event at 0 is still counted (late by 0.0625 s) ...
+    assert w.total(60.0625) == 1  # ... and leaves with the one it shares an entry with
+
+
+def test_rpm_limit_holds_across_merged_events():
+    lim, key = Limiter(), vkey(rpm=2)
+    assert lim.admit(key, 0.0, None, WALL) is None
+    assert lim.admit(key, 0.0625, None, WALL) is None
+    assert lim.admit(key, 60.0, None, WALL).code == "rate_limit_exceeded"  # 0.0625 is not a minute ago yet
+    assert lim.admit(key, 60.0625, None, WALL) is None
 
 
 # --- Limiter ---------------------------------------------------------------------------------------
@@ -181,6 +197,7 @@ def test_tpm_limit_counts_used_tokens():
 
 def test_tpm_exactly_at_limit_is_refused_and_zero_usage_ignored():
     lim, key = Limiter(), vkey(tpm=100)
+    assert lim.admit(key, 0.0, None, WALL) is None  # tokens always come from an admitted call
     lim.used_tokens("k", 0.0, 0)
     lim.used_tokens("k", 0.0, 99)
     assert lim.admit(key, 1.0, None, WALL) is None
@@ -233,6 +250,7 @@ def test_zero_budget_refuses_everything():
 
 def test_tpm_is_checked_before_budget():
     lim, key = Limiter(), vkey(tpm=10, budget=Decimal("1"))
+    assert lim.admit(key, 0.0, Decimal("0"), WALL) is None
     lim.used_tokens("k", 0.0, 10)
     assert lim.admit(key, 1.0, Decimal("5"), WALL).message == "key 'k' is over its limit of 10 tokens per minute"
 
