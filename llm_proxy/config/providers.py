@@ -11,11 +11,12 @@ import fnmatch
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .hostnames import canonical_host, canonical_host_port
 from .memo import Memo
 from .models import ModelRoutes, parse_models
 
@@ -41,6 +42,11 @@ class Provider:
     openai_base: str | None = None
     # Globs of the model names it serves, for routing calls by model (empty: not declared).
     models: tuple[str, ...] = ()
+    # `hosts` as (canonical host, port or None): what regular-mode matching compares.
+    host_keys: frozenset[tuple[str, int | None]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_keys", frozenset(canonical_host_port(h) for h in self.hosts))
 
     def accepts(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -63,9 +69,10 @@ class Provider:
         return urlsplit(self.base_url).path.rstrip("/")
 
     def serves(self, host: str, port: int) -> bool:
-        """True if `host:port` is one of this provider's hosts (a bare host matches any port)."""
-        host = host.lower()
-        return host in self.hosts or f"{host}:{port}" in self.hosts
+        """True if `host:port` is one of this provider's hosts (a bare host matches any port),
+        compared as the connection reads them (hostnames.canonical_host), not by spelling."""
+        canon = canonical_host(host)
+        return (canon, None) in self.host_keys or (canon, port) in self.host_keys
 
 
 def generic_provider(host: str, scheme: str, port: int) -> Provider:

@@ -58,9 +58,9 @@ def test_regular_mode_meters_provider_hosts_only(
 ) -> None:
     """HTTPS_PROXY clients trusting mitmproxy's CA: provider hosts metered, the rest untouched."""
     table = "llmp_test_regular_" + os.urandom(4).hex()
-    with FakeUpstream(tls=True).start() as tls_upstream:
+    with FakeUpstream(tls=True).start() as tls_upstream, FakeUpstream(tls=True).start() as not_a_provider:
         providers = tmp_path / "providers.toml"
-        # The provider is "localhost:PORT"; the same server reached as 127.0.0.1 is not a provider.
+        # The provider is "localhost:PORT"; another server of the machine (another port) is not one.
         providers.write_text(f'[providers.openai]\nbase_url = "{tls_upstream.url}"\nformat = "openai"\n')
         proxy = start_proxy([
             "--mode", "regular@0", "--set", f"llm_providers={providers}", "--set", f"llm_db={pg_url}",
@@ -82,10 +82,11 @@ def test_regular_mode_meters_provider_hosts_only(
             assert curl.returncode == 0, curl.stderr
             assert json.loads(curl.stdout)["usage"]["prompt_tokens"] == 11
             other = httpx.post(
-                f"https://127.0.0.1:{tls_upstream.port}/v1/chat/completions", proxy=proxy.url, verify=trust_mitmproxy,
-                json={"model": "gpt-4o-mini", "messages": []}, headers={"authorization": f"Bearer {other_key}"},
+                f"https://127.0.0.1:{not_a_provider.port}/v1/chat/completions", proxy=proxy.url,
+                verify=trust_mitmproxy, json={"model": "gpt-4o-mini", "messages": []},
+                headers={"authorization": f"Bearer {other_key}"},
             )
-            assert other.status_code == 200 and "identity" not in tls_upstream.requests[-1].headers.get(
+            assert other.status_code == 200 and "identity" not in not_a_provider.requests[-1].headers.get(
                 "accept-encoding", "")
             rows = Rows(pg_url, table)
             assert [r["input_tokens"] for r in rows.wait(key, 2)] == [1204, 11]
