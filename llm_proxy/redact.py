@@ -8,7 +8,8 @@ place a provider's real key is written (into the upstream request).
 
 from __future__ import annotations
 
-import re
+from urllib.parse import unquote_plus
+
 from mitmproxy import http
 
 from . import headers
@@ -18,7 +19,9 @@ from .keys.model import hash_secret
 KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")  # in order of precedence
 _KEY_HEADER_RANK = {name.encode(): rank for rank, name in enumerate(KEY_HEADERS)}
 _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
-_KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&#]*")
+# Query parameters that carry a credential: Gemini's `key`, and the names other APIs and
+# gateways use. Matched after percent-decoding and case-folding, as a server would read them.
+SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
 MASK = "***"
 
 
@@ -55,10 +58,33 @@ def fingerprint_of(secret_hash: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL or path with any `key=` query value replaced."""
+    """The URL or path with the value of every credential parameter replaced.
+
+    Names are compared percent-decoded: `?%6Bey=SECRET` authenticates exactly as
+    `?key=SECRET` does (mitmproxy and every server decode the query), so it is masked too.
+    """
     if "=" not in url:  # nearly every call: no parameter, nothing to mask
         return url
-    return _KEY_PARAM.sub(rf"\g<1>{MASK}", url)
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    query, hash_sep, fragment = query.partition("#")
+    parts = query.split("&")
+    changed = False
+    for index, part in enumerate(parts):
+        name, eq, value = part.partition("=")
+        if eq and _is_secret_param(name):
+            parts[index] = f"{name}={MASK}"
+            changed = True
+    if not changed:
+        return url
+    return f"{head}?{'&'.join(parts)}{hash_sep}{fragment}"
+
+
+def _is_secret_param(name: str) -> bool:
+    if "%" in name or "+" in name:
+        name = unquote_plus(name, errors="surrogateescape")
+    return name.strip().lower() in SECRET_PARAMS
 
 
 # How each provider format expects its key.

@@ -319,8 +319,13 @@ def test_fingerprint_is_stable_and_hides_the_key(key, fp):
     ("/v1beta/models/g:streamGenerateContent?alt=sse&key=AIzaSyTESTKEY&x=1",
      "/v1beta/models/g:streamGenerateContent?alt=sse&key=***&x=1"),
     ("https://h/p?KEY=abc#frag", "https://h/p?KEY=***#frag"),
-    ("/p?monkey=1&apikey=2", "/p?monkey=1&apikey=2"),
+    ("/p?monkey=1&apikey=2", "/p?monkey=1&apikey=***"),
+    ("/p?monkey=1&keys=2", "/p?monkey=1&keys=2"),
     ("/p?key=", "/p?key=***"),
+    # Percent-encoded names authenticate as the plain ones do (issue 8, item 9).
+    ("/v1beta/models/g:generateContent?%6Bey=AIzaSECRET", "/v1beta/models/g:generateContent?%6Bey=***"),
+    ("/p?%4B%45%59=SECRET&x=1", "/p?%4B%45%59=***&x=1"),
+    ("/p?api%5Fkey=SECRET", "/p?api%5Fkey=***"),
     ("/v1/chat/completions", "/v1/chat/completions"),
 ])
 def test_mask_url(url, masked):
