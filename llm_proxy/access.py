@@ -68,21 +68,33 @@ def real_keys(providers: Providers, env: Mapping[str, str]) -> dict[str, str]:
 class Access:
     def __init__(self) -> None:
         self.keys = KeyRing()
+        # Once keys are in force they stay in force until llm_keys itself is changed: a keys
+        # file emptied, truncated or rewritten with no keys while the proxy runs revokes every
+        # key (each call gets a 401); it never turns the proxy into a passthrough that would
+        # forward clients' virtual secrets to providers.
+        self.keys_required = False
         self.limiter = Limiter()
         self.spend = SpendBook()
         self.gate: Gate | None = None
         self.provider_keys: dict[str, str] = {}
 
     def use_keys(self, keys: KeyRing) -> None:
+        """Put a (re)loaded key ring in force; an empty ring after keys were in force refuses all."""
         self.keys = keys
+        self.keys_required = self.keys_required or bool(len(keys))
         self.spend.use_keys(keys)
+
+    def use_keys_file(self, keys: KeyRing) -> None:
+        """A new llm_keys setting: passthrough again if (and only if) its file holds no keys."""
+        self.keys_required = False
+        self.use_keys(keys)
 
     def use_providers(self, providers: Providers) -> None:
         self.provider_keys = real_keys(providers, os.environ)
 
     async def admit(self, flow: http.HTTPFlow, call: Call) -> Refusal | None:
         """Check, reserve and rewrite credentials; None lets the call go upstream."""
-        if len(self.keys):
+        if self.keys_required:
             refusal = await self._admit_key(flow.request, call)
             if refusal is not None:
                 return refusal
