@@ -40,6 +40,15 @@ class Attempt:
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
     response_model: str | None = None
+    # The parser of a stream still being relayed: its usage counts even if the client's side
+    # ends first (an SDK hangs up on reading [DONE], before the relay has closed the stream).
+    live: StreamParser | None = None
+    client_gone: bool = False  # the client hung up: not the provider's failure
+
+    def settle(self) -> None:
+        """Take a live stream's usage as it stands now (the row is being made)."""
+        if self.live is not None and not self.usage.known:
+            self.usage, self.response_model = self.live.usage, self.live.response_model
 
     def to_json(self, cost: Any = None) -> dict[str, Any]:
         entry: dict[str, Any] = {

@@ -94,6 +94,12 @@ class Relay:
     async def _listen(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_server(self._serve, sock=sock, limit=1 << 24)
 
+    @staticmethod
+    def settle(job: RelayJob) -> None:
+        """The client's side of a relayed call has ended: fix each attempt's usage for its row."""
+        for attempt_record in job.attempts:
+            attempt_record.settle()
+
     def url_for(self, token: str) -> str:
         return f"http://127.0.0.1:{self.port}/_relay/{token}"
 
@@ -188,7 +194,13 @@ class Relay:
             if isinstance(result, Reply):
                 record.status = result.status
                 self.breakers.success(target)
-                await self._hand_on(job, up, result, record, writer)
+                try:
+                    await self._hand_on(job, up, result, record, writer)
+                finally:
+                    if record.error is not None and not record.client_gone:
+                        # The provider failed after its first output: too late to rescue this
+                        # call, but the breaker must hear of it, as of any other failure.
+                        self.breakers.failure(target, time.monotonic())
                 return None
             record.status = result.reply.status if result.reply else None
             record.error = result.error
@@ -271,6 +283,7 @@ async def _stream(job: RelayJob, up: UpstreamRequest, reply: Reply, record: Atte
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
             await writer.drain()
 
+    record.live = parser
     try:
         for chunk, events in reply.held:
             await send(chunk, events)
@@ -286,10 +299,17 @@ async def _stream(job: RelayJob, up: UpstreamRequest, reply: Reply, record: Atte
             tail = translator.finish()
             if tail:
                 writer.write(b"%x\r\n%s\r\n" % (len(tail), tail))
-    except (ConnectionError, httpx.HTTPError) as e:
+    except ConnectionError as e:
+        # Our writer to mitmproxy: the client went away. Not the provider's failure.
+        record.client_gone = True
+        if not getattr(parser, "complete", False):  # hanging up after the end marker loses nothing
+            record.error = f"client gone: {type(e).__name__}: {e}".rstrip(": ")
+        raise
+    except httpx.HTTPError as e:
         record.error = f"stream ended early: {type(e).__name__}: {e}".rstrip(": ")
         raise ConnectionError(record.error) from e
     finally:
+        record.live = None
         parser.finish()
         record.usage, record.response_model = parser.usage, parser.response_model
         if parser.error and not record.error:
