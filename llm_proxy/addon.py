@@ -7,6 +7,7 @@ into mitmproxy: a metering failure costs a row, never a client's call.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from collections.abc import Callable
@@ -18,17 +19,21 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import apis, health
 from .access import Access
-from .calls import Call, close_call, comment, open_call
+from .calls import Call, close_call, comment, fallback_record, open_call, unreadable_call
 from .config.pricing import PriceBook, load_pricing
 from .config.providers import ConfigError, Providers, load_providers
 from .errors import local_response
+from .failures import FailureLog
+from .config.hostnames import is_provider_host
 from .keys.model import KeyRing
 from .keys.reloader import KeysWatcher
 from .keys.store import read_keyring
 from .limits.gate import Gate
 from .limits.limiter import Refusal
+from .option_values import reject_unknown, reject_unparsable
 from .paths import DEFAULT_PRICING, DEFAULT_PROVIDERS, default_db_url
 from .pricer import Pricer
+from .redact import mask_url
 from .record import Record
 from .config.models import Target
 from .rescue.breaker import Breakers
@@ -44,10 +49,13 @@ from .stream.meter import StreamMeter, decoder_for
 from .usage import stream_parser
 
 logger = logging.getLogger(__name__)
+failures = FailureLog(logger)
+
+STOPPED_IN_FLIGHT = "llm-proxy stopped before the call ended (the provider may have billed it)"
 
 _STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
 _WRITER_OPTIONS = {"llm_db", "llm_table", "llm_body_max_bytes", "llm_budget_refresh", "llm_journal",
-                   "llm_journal_max_mb"}
+                   "llm_journal_max_mb", "llm_writer_max_mb"}
 _GATE_OPTIONS = {"llm_max_concurrent", "llm_queue_max", "llm_queue_timeout"}
 _RESCUE_OPTIONS = {"llm_breaker_failures", "llm_breaker_cooldown", "llm_attempt_timeout", "ssl_insecure"}
 
@@ -60,6 +68,7 @@ class LLMProxy:
         self.writer: Writer | None = None
         self.access = Access()
         self.log_bodies = True
+        self.only_providers = False
         self.keys_watcher: KeysWatcher | None = None
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
@@ -120,6 +129,17 @@ class LLMProxy:
         )
         loader.add_option("llm_breaker_failures", int, 5, "Consecutive failures that open a target's circuit breaker.")
         loader.add_option("llm_breaker_cooldown", int, 30, "Seconds a circuit breaker stays open before a probe.")
+        loader.add_option(
+            "llm_writer_max_mb", int, 256,
+            "Most MB of rows the writer holds in memory (queued, or waiting for the database when "
+            "there is no journal); beyond it new rows are dropped and counted in /_llm/health.",
+        )
+        loader.add_option(
+            "llm_only_providers", bool, False,
+            "Regular mode: answer 403 to requests for hosts that are not a provider's, instead of "
+            "passing them through unmetered (for a proxy that must carry nothing but metered calls).",
+        )
+        reject_unparsable(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -131,6 +151,7 @@ class LLMProxy:
             raise exceptions.OptionsError(str(e)) from e
         # Read per call on the hot path: mitmproxy's option lookup costs more than an attribute.
         self.log_bodies = ctx.options.llm_log_bodies
+        self.only_providers = ctx.options.llm_only_providers
         if ctx.options.llm_body_max_bytes < 1024:
             raise exceptions.OptionsError("llm_body_max_bytes must be at least 1024")
         if "llm_providers" in updated:
@@ -157,7 +178,7 @@ class LLMProxy:
             self.keys_watcher = None
         path_text = ctx.options.llm_keys
         if not path_text:
-            self.access.use_keys(KeyRing())
+            self.access.use_keys_file(KeyRing())
             return
         path = Path(path_text)
         if not path.is_file():
@@ -165,7 +186,7 @@ class LLMProxy:
                 f"llm_keys: {path} does not exist; make it with `llm-proxy keys --keys-file {path} create NAME`"
             )
         try:
-            self.access.use_keys(read_keyring(path))
+            self.access.use_keys_file(read_keyring(path))
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
         missing = sorted(p.name for p in self.providers.by_name.values()
@@ -195,6 +216,7 @@ class LLMProxy:
         self.relay.verify_tls = not opts.ssl_insecure  # the same trust as mitmproxy's own upstream connections
 
     def running(self) -> None:
+        reject_unknown(ctx.options)  # every addon has declared its options by now
         if self.keys_watcher is not None:
             self.keys_watcher.start()
         if not self.relay.running:
@@ -215,6 +237,8 @@ class LLMProxy:
             sink, refresh = SqliteSink(database.target, table), None  # embedded: this proxy is the only writer
         if ctx.options.llm_journal_max_mb <= 0:
             raise exceptions.OptionsError("llm_journal_max_mb must be a positive number of megabytes")
+        if ctx.options.llm_writer_max_mb <= 0:
+            raise exceptions.OptionsError("llm_writer_max_mb must be a positive number of megabytes")
         journal = Journal(journal_dir(ctx.options.llm_journal, table), ctx.options.llm_journal_max_mb << 20)
         old, self.writer = self.writer, Writer(
             sink, f"{database.describe()} table {table}", journal=journal,
@@ -225,6 +249,10 @@ class LLMProxy:
         self.writer.start()
 
     def done(self) -> None:
+        # Calls still in flight reached the provider and may be billed: each gets its row now,
+        # with what is known so far, before the writer's last flush.
+        for flow in list(self._calls):
+            self._finish(flow, interrupted=STOPPED_IN_FLIGHT)
         # The rows first: nothing after them may keep them from the database or the journal.
         if self.writer is not None:
             self.writer.stop()
@@ -246,12 +274,16 @@ class LLMProxy:
             reverse=reverse, scheme=request.scheme, host=request.host, port=request.port, path=request.path,
         )
         if route is None:
+            if self.only_providers and not reverse:
+                flow.response = _not_a_provider(request.host)
             return
         try:
             refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
-        except Exception:
+        except Exception as e:
             # Fail closed: a call the proxy could not check must not reach the provider unchecked.
-            logger.exception("llm-proxy could not handle %s %s", request.method, request.pretty_url)
+            failures.failed("llm-proxy could not handle a call", e, context=f"{request.method} {request.path}")
+            if flow not in self._calls:
+                self._calls[flow] = unreadable_call(flow, route)  # it still gets its row
             refusal = Refusal(500, "llm-proxy could not handle this call; its log says why", "internal_error")
         if refusal is not None:
             call = self._calls.get(flow)
@@ -274,6 +306,14 @@ class LLMProxy:
             self.relay.jobs[flow.id] = RelayJob(plan, route.api, call.model, route.provider, flow.request.url)
             flow.request.url = self.relay.url_for(flow.id)
         return refusal
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Regular mode with llm_only_providers: refuse a tunnel to a non-provider host up front."""
+        if not self.only_providers or flow.response is not None:
+            return
+        request = flow.request
+        if not is_provider_host(self.providers, request.host, request.port):
+            flow.response = _not_a_provider(request.host)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self._calls.get(flow)
@@ -299,23 +339,26 @@ class LLMProxy:
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
 
-    def _finish(self, flow: http.HTTPFlow) -> None:
+    def _finish(self, flow: http.HTTPFlow, *, interrupted: str | None = None) -> None:
         call = self._calls.pop(flow, None)
         if call is None:
             return
         call.done = True
         job = self.relay.jobs.pop(flow.id, None)
+        if job is not None:
+            self.relay.settle(job)
         try:
-            record, outcome = close_call(flow, call, log_bodies=self.log_bodies)
+            record, outcome = close_call(flow, call, log_bodies=self.log_bodies, interrupted=interrupted)
             if job is not None:
                 record.cost_usd = self.pricer.relayed(record, job)
             else:
                 record.cost_usd = Decimal(0) if call.local else self.pricer.call(record, outcome.usage)
             flow.comment = comment(record)
-        except Exception:
-            logger.exception("llm-proxy could not build the row for %s", flow.request.pretty_url)
-            self.access.release(call)
-            return
+        except Exception as e:
+            failures.failed("llm-proxy could not build the row of a call", e,
+                            context=f"{flow.request.method} {flow.request.path}")
+            record = fallback_record(flow, call, f"llm-proxy could not read this call's answer ({type(e).__name__}); "
+                                                 "tokens and cost unknown")
         self.access.finished(call, record.total_tokens)
         for listener in self.record_listeners:
             try:
@@ -324,3 +367,10 @@ class LLMProxy:
                 logger.exception("llm-proxy record listener %r failed", listener)
         if self.writer is not None:
             self.writer.put(record)
+
+
+def _not_a_provider(host: str) -> http.Response:
+    message = (f"llm-proxy carries only calls to LLM providers (llm_only_providers is on); "
+               f"{mask_url(host)!r} is not a provider host in providers.toml")
+    return http.Response.make(403, json.dumps({"error": {"message": message, "type": "forbidden_host"}}),
+                              {"content-type": "application/json"})

@@ -103,13 +103,44 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     return call
 
 
+def unreadable_call(flow: http.HTTPFlow, route: Route) -> Call:
+    """The Call of a request `open_call` failed on: enough for its row, nothing read from the body."""
+    content = flow.request.raw_content
+    return Call(route=route, model=None, streaming=False, strip_usage_chunk=False,
+                request_body=_opaque_body(content), key_id=None, path=mask_url(flow.request.path), local=True)
+
+
+def fallback_record(flow: http.HTTPFlow, call: Call, reason: str) -> Record:
+    """The row of a call whose answer could not be read: who, when, where, and why it is bare."""
+    request, response = flow.request, flow.response
+    return Record(
+        request_id=flow.id,
+        ts=datetime.fromtimestamp(request.timestamp_start, UTC),
+        duration_ms=_ms(time.time() - request.timestamp_start),
+        provider=call.route.provider.name,
+        api=call.route.api,
+        method=request.method,
+        path=call.path,
+        model=call.model,
+        key_id=call.key_id,
+        streaming=call.streaming,
+        status=response.status_code if response is not None else None,
+        error=reason,
+        client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+    )
+
+
 def _opaque_body(content: bytes | None) -> Any:
     """A non-JSON request body is not stored, only described."""
     return {"non_json_bytes": len(content)} if content else None
 
 
-def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Record, Outcome]:
-    """Turn a finished (or failed) flow into its Record; pricing is the caller's."""
+def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
+               interrupted: str | None = None) -> tuple[Record, Outcome]:
+    """Turn a finished (or failed) flow into its Record; pricing is the caller's.
+
+    `interrupted`: why the proxy ends the call itself (shutting down with the call in flight).
+    """
     request, response = flow.request, flow.response
     now = time.time()
     started = request.timestamp_start
@@ -139,8 +170,10 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Re
     # (or upstream) dropping the connection right after it is a consequence
     # whose timing varies, so it is not appended.
     in_band_error = call.meter is not None and call.meter.parser.error is not None
-    if flow.error is not None and not in_band_error:
+    if flow.error is not None and not in_band_error and not _ended_cleanly(call):
         error = f"{error}; {flow.error.msg}" if error else flow.error.msg
+    if interrupted:
+        error = f"{error}; {interrupted}" if error else interrupted
     ended = response.timestamp_end if response is not None and response.timestamp_end else now
     record = Record(
         request_id=flow.id,
@@ -169,6 +202,12 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool) -> tuple[Re
         client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else None,
     )
     return record, Outcome(usage, response_model)
+
+
+def _ended_cleanly(call: Call) -> bool:
+    """The stream reached its provider's end marker ([DONE], message_stop, ...) before the
+    connection closed: a client hanging up after reading it (SDKs do) lost nothing."""
+    return call.meter is not None and getattr(call.meter.parser, "complete", False)
 
 
 def _ms(seconds: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 
 import pytest
 from mitmproxy.addons import proxyserver
@@ -56,8 +57,11 @@ def test_an_error_in_the_request_hook_is_answered_in_the_provider_shape(tmp_path
     assert json.loads(flow.response.content)["error"]["message"] == (
         "llm-proxy could not handle this call; its log says why")
     assert flow.request.host == ("localhost" if broken == "open_call" else "api.openai.com")  # never forwarded
-    call = addon._calls.get(flow)
-    assert call is None if broken == "open_call" else call.local
+    # Refused calls get their row too, even when the request could not be read at all.
+    rows = sqlite3.connect(tmp_path / "rows.db").execute(
+        "select status, error, cost_usd, request_id from llm_requests").fetchall()
+    assert [(status, cost) for status, _, cost, _ in rows] == [(500, "0")]  # SQLite keeps money as text
+    assert rows[0][1].startswith("llm-proxy answered HTTP 500") and rows[0][3] == flow.id
 
 
 def test_without_an_error_the_call_goes_on(tmp_path, monkeypatch):
