@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}$")
+_URL_PASSWORD = re.compile(r"://([^:@/\s]*):[^@/\s]*@")
+_PARAM_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s'\"]*)")
+
+
+def mask_password(text: str) -> str:
+    """`text` with the password of any connection string in it masked: `user:***@` in a URL,
+    `password=***` as a query parameter or a keyword/value pair."""
+    return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"://\1:***@", text))
 
 
 class DatabaseURLError(ValueError):
@@ -22,7 +30,7 @@ class Database:
         """For logs: the database without its password."""
         if self.kind == "sqlite":
             return f"sqlite file {self.target}"
-        return "postgresql " + re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", self.target)
+        return "postgresql " + mask_password(self.target)
 
 
 def parse_db_url(url: str) -> Database:

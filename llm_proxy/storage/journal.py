@@ -29,6 +29,7 @@ from typing import Any
 
 from ..paths import state_dir
 from ..record import COLUMNS
+from .rows import clean_row
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,19 @@ def encode_row(row: Row) -> str:
     return json.dumps(dict(zip(COLUMNS, row)), default=str, ensure_ascii=False, separators=(",", ":"))
 
 
+def encode_line(text: str) -> bytes:
+    """UTF-8 that never fails: a lone surrogate (only ever inside a JSON string here) becomes
+    its JSON escape, so the line still reads back as the same value."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def decode_row(line: str) -> list[Any]:
     data = json.loads(line)
     values = [data.get(column) for column in COLUMNS]
     ts, cost = COLUMNS.index("ts"), COLUMNS.index("cost_usd")
     values[ts] = datetime.fromisoformat(values[ts]) if values[ts] else None
     values[cost] = Decimal(values[cost]) if values[cost] is not None else None
-    return values
+    return clean_row(values)  # a line written by an older version, or by hand, may hold what jsonb refuses
 
 
 class Journal:
@@ -121,11 +128,11 @@ class Journal:
         """Append and fsync; returns how many rows fit under the size cap (the rest are refused)."""
         if not rows:
             return 0
-        lines = [encode_row(row) + "\n" for row in rows]
+        lines = [encode_line(encode_row(row) + "\n") for row in rows]
         room = self.max_bytes - self.size_bytes
-        accepted: list[str] = []
+        accepted: list[bytes] = []
         for line in lines:
-            room -= len(line.encode())
+            room -= len(line)
             if room < 0:
                 break
             accepted.append(line)
@@ -138,11 +145,11 @@ class Journal:
             self._full_warned = self._full_warned and len(accepted) < len(lines)
         return len(accepted)
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[bytes]) -> None:
         segments = self.segments()
         path = segments[-1] if segments and segments[-1].stat().st_size < self.segment_bytes else self._new_segment(
             segments)
-        data = "".join(lines).encode()
+        data = b"".join(lines)
         with open(path, "ab") as f:
             f.write(data)
             f.flush()
@@ -156,12 +163,21 @@ class Journal:
         number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1
         return self.directory / f"segment-{number:09d}.jsonl"
 
-    def dead_letter(self, row: Row, reason: str) -> None:
-        entry = json.dumps({"reason": reason, "row": json.loads(encode_row(row))}, ensure_ascii=False)
-        with open(self.directory / DEAD_LETTER, "a", encoding="utf-8") as f:
-            f.write(entry + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def dead_letter(self, row: Row, reason: str) -> bool:
+        """Set a refused row aside with the reason (a safe summary, see storage.errors).
+        Never raises: False (and a log line naming no row contents) if it could not be written."""
+        try:
+            entry = json.dumps({"reason": reason, "row": dict(zip(COLUMNS, row))},
+                               default=str, ensure_ascii=False, separators=(",", ":"))
+            with open(self.directory / DEAD_LETTER, "ab") as f:
+                f.write(encode_line(entry + "\n"))
+                f.flush()
+                os.fsync(f.fileno())
+        except Exception as e:  # a full disk, a removed directory: the caller counts the row as lost
+            logger.error("llm-proxy cannot write %s (%s: %s)", self.directory / DEAD_LETTER, type(e).__name__,
+                         getattr(e, "strerror", None) or "see the writer's errors")
+            return False
+        return True
 
     # --- replay -------------------------------------------------------------------------
 

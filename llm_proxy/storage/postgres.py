@@ -3,17 +3,31 @@
 COPY is the fastest way in. A batch that may repeat rows (a journal replay,
 or a retry after a lost commit) is copied into a temporary staging table and
 inserted with ON CONFLICT DO NOTHING instead, so no row is ever stored twice.
+
+Nothing here may wait forever: a database that accepts TCP and never answers
+would stall the writer thread while rows pile up. Connecting is bounded by
+`connect_timeout`; statements by the server's statement_timeout and
+lock_timeout, and, for a server that no longer answers at all, by a watchdog
+that shuts the connection's socket down once `io_timeout` has passed, which
+fails the statement with an OperationalError (a transient error: the writer
+journals and reconnects).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from ..record import COLUMNS
 from .schema import schema_for
@@ -50,11 +64,14 @@ def copy_text(rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 class PostgresSink:
-    def __init__(self, url: str, table: str, *, connect_timeout: int = 5) -> None:
+    def __init__(self, url: str, table: str, *, connect_timeout: int = 5, io_timeout: float = 60.0) -> None:
         self.url = url
         self.table = table
-        self.connect_timeout = connect_timeout
+        # The URL's own connect_timeout, if it has one, wins.
+        self.connect_timeout = int(conninfo_to_dict(url).get("connect_timeout") or connect_timeout)
+        self.io_timeout = io_timeout
         self._conn: psycopg.Connection | None = None
+        self._watch_lock = threading.Lock()
         self._stage = f"{table}_stage"
         columns = ", ".join(COLUMNS)
         self._copy_sql = f"COPY {self._stage} ({columns}) FROM STDIN"
@@ -68,20 +85,54 @@ class PostgresSink:
         """Open the connection, apply schema.sql, prepare the staging table."""
         self.close()
         conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, application_name="llm-proxy")
+        timeout_ms = max(1, int(self.io_timeout * 1000))
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                conn.execute(schema_for(self.table).encode())
-            # Only the copied columns, no defaults: the stage must not depend on the table's sequence.
-            conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ON COMMIT DELETE ROWS AS "
-                f"SELECT {', '.join(COLUMNS)} FROM {self.table} WITH NO DATA"
-            )
-            conn.commit()
+            with self._deadline(conn):
+                conn.execute(f"SET statement_timeout = {timeout_ms}")
+                conn.execute(f"SET lock_timeout = {timeout_ms}")
+                conn.commit()  # session settings: they outlive this transaction
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    conn.execute(schema_for(self.table).encode())
+                # Only the copied columns, no defaults: the stage must not depend on the table's sequence.
+                conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ON COMMIT DELETE ROWS AS "
+                    f"SELECT {', '.join(COLUMNS)} FROM {self.table} WITH NO DATA"
+                )
+                conn.commit()
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    @contextlib.contextmanager
+    def _deadline(self, conn: psycopg.Connection) -> Iterator[None]:
+        """Shut the connection's socket down if the block is still running after io_timeout.
+
+        The server's statement_timeout cannot help when the server (or the network path to
+        it) no longer answers; a blocked read in libpq would wait forever. Shutting the
+        socket down (on a duplicate of its descriptor: the connection itself is closed by
+        its owner, later, in this thread) wakes that read with an error."""
+        fd = conn.fileno()
+        armed = [True]
+
+        def fire() -> None:
+            with self._watch_lock:
+                if not armed[0]:
+                    return
+                with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            logger.warning("llm-proxy: the database did not answer within %gs; connection dropped", self.io_timeout)
+
+        timer = threading.Timer(self.io_timeout, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            with self._watch_lock:
+                armed[0] = False
+            timer.cancel()
 
     @property
     def connected(self) -> bool:
@@ -99,20 +150,25 @@ class PostgresSink:
         assert self._conn is not None
         data = copy_text(rows)
         try:
-            if not replay:
-                try:
-                    with self._conn.transaction(), self._conn.cursor() as cur, cur.copy(self._direct_sql) as copy:
-                        copy.write(data)
-                    return
-                except psycopg.errors.UniqueViolation:
-                    pass  # some rows are there already: the idempotent path below
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                with cur.copy(self._copy_sql) as copy:
-                    copy.write(data)
-                cur.execute(self._insert_sql)
+            with self._deadline(self._conn):
+                self._copy(data, replay)
         except BaseException:
             self.close()
             raise
+
+    def _copy(self, data: bytes, replay: bool) -> None:
+        assert self._conn is not None
+        if not replay:
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cur, cur.copy(self._direct_sql) as copy:
+                    copy.write(data)
+                return
+            except psycopg.errors.UniqueViolation:
+                pass  # some rows are there already: the idempotent path below
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            with cur.copy(self._copy_sql) as copy:
+                copy.write(data)
+            cur.execute(self._insert_sql)
 
     def spend_since(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
         """Sum of cost_usd per key since each key's window start."""
@@ -124,7 +180,7 @@ class PostgresSink:
             by_start.setdefault(start, []).append(name)
         sums: dict[str, Decimal] = {}
         try:
-            with self._conn.transaction():
+            with self._deadline(self._conn), self._conn.transaction():
                 for start, names in by_start.items():
                     rows = self._conn.execute(
                         f"SELECT key_id, COALESCE(sum(cost_usd), 0) FROM {self.table} "
