@@ -76,5 +76,10 @@ class KeysWatcher:
         except ConfigError as e:
             logger.error("llm-proxy keeps the keys it has: %s", e)
             return
+        if not len(ring) and await asyncio.to_thread(signature, self.path) is None:
+            # Deleted between the stat and the read: read_keyring saw no file, not an empty one.
+            self.seen = None
+            logger.error("llm-proxy keys file %s is gone; keeping the keys in force", self.path)
+            return
         self.on_change(ring)
         logger.info("llm-proxy reloaded %s: %d keys", self.path, len(ring))
