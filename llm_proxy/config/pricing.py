@@ -59,9 +59,45 @@ def _rate(price: Price, name: str, tokens: int | None) -> Decimal:
     return rate * tokens
 
 
+# What usage/model.py may set on a Usage whose provider sent a value that is not
+# a count (so a None there means "garbage", not "not reported"): a bool, or the
+# names of the fields concerned. Read with getattr so either form works.
+INVALID_ATTR = "invalid"
+# Counts the formula reads; an invalid one of these makes the cost unknown. Reasoning is
+# not among them: it is part of output, which is billed whole (a price database rate for
+# reasoning alone checks it where it is used).
+PRICED_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+                           "cache_write_1h_tokens", "web_search_requests"})
+
+
+def invalid_fields(usage: Usage) -> frozenset[str]:
+    """The fields usage/model.py marked as sent-but-not-a-count (all of them for a bare True)."""
+    invalid = getattr(usage, INVALID_ATTR, None)
+    if not invalid:
+        return frozenset()
+    if invalid is True:
+        return PRICED_FIELDS | {"reasoning_tokens"}
+    return frozenset(invalid)
+
+
+def unknown_count(usage: Usage) -> str | None:
+    """Why `usage` cannot be priced at all, or None when it can.
+
+    A cost is built on the input and output counts, so both must be known. A
+    cache count that is None because the provider's format never reports it
+    is 0; one that is None because the provider sent garbage there is unknown,
+    and so is any cost built on it (usage/model.py marks those).
+    """
+    if usage.input_tokens is None or usage.output_tokens is None:
+        return "input or output count unknown"
+    if PRICED_FIELDS & invalid_fields(usage):
+        return "a count the provider sent is not a count"
+    return None
+
+
 def cost(price: Price, usage: Usage) -> Decimal | None:
-    """USD cost of one call; None when the usage is unknown or not fully priced."""
-    if not usage.known:
+    """USD cost of one call; None when the usage is unknown or not fully priced, never negative."""
+    if unknown_count(usage) is not None:
         return None
     input_tokens = usage.input_tokens or 0
     if price.above is not None and price.above_tokens is not None and input_tokens > price.above_tokens:
@@ -69,18 +105,22 @@ def cost(price: Price, usage: Usage) -> Decimal | None:
     cached = usage.cached_tokens or 0
     writes = usage.cache_write_tokens or 0
     writes_1h = usage.cache_write_1h_tokens or 0
+    parts = (input_tokens - cached - writes, cached, writes - writes_1h, writes_1h, usage.output_tokens or 0)
+    if min(parts) < 0:
+        return None  # parts larger than their whole (a stored row from before counts were checked)
     try:
         per_million = (
-            _rate(price, "input", input_tokens - cached - writes)
-            + _rate(price, "cached_input", cached)
-            + _rate(price, "cache_write", writes - writes_1h)
-            + _rate(price, "cache_write_1h", writes_1h)
-            + _rate(price, "output", usage.output_tokens)
+            _rate(price, "input", parts[0])
+            + _rate(price, "cached_input", parts[1])
+            + _rate(price, "cache_write", parts[2])
+            + _rate(price, "cache_write_1h", parts[3])
+            + _rate(price, "output", parts[4])
         )
         fees = _rate(price, "web_search", usage.web_search_requests)
     except Unpriced:
         return None
-    return per_million / MILLION + fees
+    total = per_million / MILLION + fees
+    return total if total >= 0 else None
 
 
 def missing_rate(price: Price, usage: Usage) -> str | None:
@@ -95,8 +135,18 @@ def missing_rate(price: Price, usage: Usage) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The pricing.toml entry that prices a model: its table, its key, and whether the key is the whole name."""
+
+    table: str  # the provider's name, or "*"
+    key: str
+    price: Price
+    exact: bool
+
+
 class PriceBook:
-    """All prices of one pricing.toml; `find` is the longest-prefix lookup."""
+    """All prices of one pricing.toml; `match` is the longest-prefix lookup."""
 
     def __init__(self, tables: Mapping[str, Mapping[str, Price]]) -> None:
         # Longest keys first, so the first prefix that matches is the longest.
@@ -104,21 +154,29 @@ class PriceBook:
             provider: sorted(entries.items(), key=lambda item: len(item[0]), reverse=True)
             for provider, entries in tables.items()
         }
-        self._longest_prefix: Memo[tuple[str, str], Price | None] = Memo(self._lookup)
+        self._longest_prefix: Memo[tuple[str, str], Entry | None] = Memo(self._lookup)
 
-    def find(self, provider: str, model: str | None) -> Price | None:
+    def match(self, provider: str, model: str | None) -> Entry | None:
         if not model:
             return None
         return self._longest_prefix((provider, model))
 
-    def _lookup(self, key: tuple[str, str]) -> Price | None:
+    def find(self, provider: str, model: str | None) -> Price | None:
+        entry = self.match(provider, model)
+        return None if entry is None else entry.price
+
+    def entries(self) -> list[Entry]:
+        """Every entry, table by table (for `llm-proxy prices check`)."""
+        return [Entry(table, key, price, True) for table, items in self._tables.items() for key, price in items]
+
+    def _lookup(self, key: tuple[str, str]) -> Entry | None:
         provider, model = key
         return self._match(provider, model) or self._match(ANY_PROVIDER, model)
 
-    def _match(self, provider: str, model: str) -> Price | None:
+    def _match(self, provider: str, model: str) -> Entry | None:
         for prefix, price in self._tables.get(provider, ()):
             if model.startswith(prefix):
-                return price
+                return Entry(provider, prefix, price, prefix == model)
         return None
 
     def __len__(self) -> int:
