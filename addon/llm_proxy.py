@@ -12,5 +12,8 @@ except ImportError:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_proxy.addon import LLMProxy
+from llm_proxy.control.addon import ControlPlane
 
-addons = [LLMProxy()]
+metering = LLMProxy()
+control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
+addons = [control, metering, control.clock]  # the clock after metering times its hooks
