@@ -228,3 +228,24 @@ def test_requests_pages_newest_first_and_one_request_has_bodies(data):
 ])
 def test_money_is_exact_text_without_exponent(value, text):
     assert money(value) == text
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_report_command_prints_the_usage_apis_figures(data, backend, capsys):
+    from llm_proxy.cli import main
+    table, sqlite_path = data
+    db = ["--db", PG_URL, "--table", table] if backend == "postgres" else ["--db", f"sqlite:///{sqlite_path}"]
+    assert main(["report", *db, "--since", "4d", "--by", "key,model", "--format", "json"]) == 0
+    answer = __import__("json").loads(capsys.readouterr().out)
+    query = UsageQuery(datetime.fromisoformat(answer["since"]), datetime.fromisoformat(answer["until"]),
+                       ("key", "model"))
+    check(answer, query, sql_sums(table, query))
+    assert main(["report", *db, "--since", "4d", "--by", "provider", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "provider,requests,errors,input_tokens,output_tokens,cached_tokens,cache_write_tokens," \
+                       "reasoning_tokens,cost_usd,unpriced"
+    assert lines[-1].startswith("TOTAL,") and lines[-1].split(",")[-2] == answer["totals"]["cost_usd"]
+    assert main(["report", *db, "--since", "4d"]) == 0
+    assert answer["totals"]["cost_usd"] in capsys.readouterr().out
+    assert main(["report", *db, "--by", "week"]) == 1
+    assert capsys.readouterr().err.startswith("llm-proxy: --by: 'week' is not one of key, model")
