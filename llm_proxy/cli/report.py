@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+import psycopg
 
 from ..control.params import BadParameter, usage_query
 from ..control.reports import MEASURES, Reports
@@ -29,10 +32,13 @@ def report(args: argparse.Namespace) -> int:
     except BadParameter as e:
         flag = {"group_by": "by"}.get(e.name, e.name)
         raise ValueError(f"--{flag}: {str(e).removeprefix(e.name + ': ')}") from None
-    reports = Reports(parse_db_url(args.db or default_db_url()), check_table_name(args.table))
+    database = parse_db_url(args.db or default_db_url())
+    reports = Reports(database, check_table_name(args.table))
     try:
         reports.connect()
         answer = reports.usage(query)
+    except (sqlite3.Error, psycopg.Error) as e:
+        raise ValueError(f"cannot read table {args.table} of {database.describe()}: {e}") from None
     finally:
         reports.close()
     if args.format == "json":

@@ -107,10 +107,13 @@ class Reports:
                 raise
         else:
             path = Path(self.database.target)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=10, isolation_level=None)
             if self._ensure:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, timeout=10, isolation_level=None)
                 conn.executescript(sqlite_schema(self.table))
+            else:  # a report only reads: never create a database file by mistake
+                conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", timeout=10, isolation_level=None,
+                                       uri=True)
             conn.create_aggregate("decimal_sum", 1, _DecimalSum)
             # A report over its time is stopped, like PostgreSQL's statement_timeout.
             conn.set_progress_handler(lambda: 1 if time.monotonic() > self._deadline else 0, 10000)
@@ -296,12 +299,19 @@ class Reports:
     # --- spend --------------------------------------------------------------------------
 
     def spend(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
-        """Cost per key since each key's start (the keys API's spend_usd), as a report would sum it."""
-        sums: dict[str, Decimal] = {}
+        """Cost per key since each key's start (the keys API's spend_usd), summed as a report sums it:
+        one query per distinct start (keys of one period share it), grouped by key."""
         now = datetime.now(UTC)
+        by_start: dict[datetime, set[str]] = {}
         for name, start in windows.items():
-            answer = self.usage(UsageQuery(start, now, (), Filters(key=name)))
-            sums[name] = Decimal(answer["totals"]["cost_usd"])
+            by_start.setdefault(start, set()).add(name)
+        sums: dict[str, Decimal] = {}
+        for start, names in by_start.items():
+            only = next(iter(names)) if len(names) == 1 else None
+            answer = self.usage(UsageQuery(min(start, now), now, ("key",), Filters(key=only)))
+            for group in answer["groups"]:
+                if group["key"] in names:
+                    sums[group["key"]] = Decimal(group["cost_usd"])
         return sums
 
 
