@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(commands)
     db.register(commands)
     doctor.register(commands)
+    __import__(f"{__name__}.prices", fromlist=["register"]).register(commands)
     __import__(f"{__name__}.report", fromlist=["register"]).register(commands)
     return parser
 

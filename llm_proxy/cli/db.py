@@ -1,12 +1,15 @@
-"""`llm-proxy db init` and `llm-proxy db replay`: the database side, by hand."""
+"""`llm-proxy db init`, `db replay` and `db reprice`: the database side, by hand."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
 
-from ..paths import default_db_url
+from ..paths import DEFAULT_PRICING, default_db_url
 from ..storage.dsn import Database, check_table_name, parse_db_url
 from ..storage.journal import Journal, JournalLocked, journal_dir
 from ..storage.postgres import PostgresSink
@@ -70,6 +73,55 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def reprice(args: argparse.Namespace) -> int:
+    """Recompute cost_usd of stored rows from their stored usage, at today's prices and each row's own time."""
+    from ..config.pricing import load_pricing
+    from ..pricer import bundled_database
+    from ..prices.rows import RowStore, Unrepriceable, parse_since
+    from ..prices.rows import reprice as reprice_row
+    from ..prices.sources import Prices
+
+    prices = Prices(load_pricing(Path(args.pricing)), bundled_database())
+    since = parse_since(args.since)
+    db, table = database(args)
+    store = RowStore(db, table)
+    rows = repriced = changed = 0
+    left: Counter[str] = Counter()
+    before = after = Decimal(0)
+    null_before = null_after = 0
+    try:
+        for batch in store.batches(since, args.model):
+            changes = []
+            for row in batch:
+                rows += 1
+                try:
+                    cost = reprice_row(prices, row)
+                except Unrepriceable as e:
+                    left[str(e)] += 1
+                    continue
+                repriced += 1
+                before += row.cost_usd or 0
+                after += cost or 0
+                null_before += row.cost_usd is None
+                null_after += cost is None
+                if cost != row.cost_usd:
+                    changes.append((row.id, cost))
+            changed += len(changes)
+            if changes and not args.dry_run:
+                store.set_costs(changes)
+    finally:
+        store.close()
+    which = f" of model {args.model}" if args.model else ""
+    print(f"{db.describe()}, table {table}, rows{which} since {since.isoformat(timespec='seconds')}: {rows}")
+    kept = "; ".join(f"{reason}: {n}" for reason, n in sorted(left.items()))
+    print(f"  priced again: {repriced}, cost changed: {changed}" + (f"; left as they were ({kept})" if kept else ""))
+    print(f"  total cost_usd of the rows priced again: before {before} USD, after {after} USD "
+          f"(change {after - before:+} USD); unpriced (NULL) before {null_before}, after {null_after}")
+    print("  dry run: nothing written" if args.dry_run else
+          f"  {changed} rows updated; budgets' spend is read from the rows, so it follows")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     db = commands.add_parser("db", help="database: apply the schema, replay a journal")
     actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -80,3 +132,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_database_flags(p)
     p.add_argument("--journal", metavar="DIR", help="journal directory (default: $LLM_PROXY_HOME/journal/<table>)")
     p.set_defaults(handler=replay)
+    p = actions.add_parser("reprice", help="recompute cost_usd of stored rows from their usage after a price fix")
+    p.add_argument("--since", required=True, help="rows since a span (30d, 12h, 2w) or a date like 2026-11-01")
+    p.add_argument("--model", help="only rows of this model (as asked or as answered)")
+    p.add_argument("--dry-run", action="store_true", help="report the before/after totals, write nothing")
+    p.add_argument("--pricing", default=str(DEFAULT_PRICING), metavar="PATH",
+                   help="pricing file, as the proxy's llm_pricing (default: the shipped pricing.toml)")
+    add_database_flags(p)
+    p.set_defaults(handler=reprice)

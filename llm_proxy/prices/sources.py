@@ -41,6 +41,11 @@ class Quote:
     passed_over: Entry | None = None  # a pricing.toml prefix the database overruled
 
     @property
+    def catch_all(self) -> bool:
+        """Priced by a pricing.toml "" key, which matches every name."""
+        return self.entry is not None and self.entry.key == ""
+
+    @property
     def from_prefix(self) -> bool:
         """Priced by a pricing.toml key that is only part of the name (the "" catch-all excepted)."""
         return self.entry is not None and not self.entry.exact and self.entry.key != ""
