@@ -274,3 +274,14 @@ def test_cors_preflight_and_headers(control) -> None:
     plain = httpx.post(f"{proxy.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
                        headers={"authorization": f"Bearer {keys['alice']}", **scenario()})
     assert "access-control-allow-origin" not in plain.headers
+
+
+def test_dashboard_files_are_served_to_anyone_and_nothing_else(control) -> None:
+    proxy, _, _ = control
+    page = api(proxy, "GET", "/_llm/", token=None)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    script = api(proxy, "GET", "/_llm/static/app.js", token=None)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for path in ("/_llm/static/..%2F..%2Faddon.py", "/_llm/static/../reports.py", "/_llm/static/VENDORED.md",
+                 "/_llm/static/nope.js"):
+        assert api(proxy, "GET", path, token=None).status_code == 404, path
