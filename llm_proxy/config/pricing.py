@@ -90,6 +90,9 @@ def unknown_count(usage: Usage) -> str | None:
     """
     if usage.input_tokens is None or usage.output_tokens is None:
         return "input or output count unknown"
+    if min(usage.input_tokens, usage.output_tokens, usage.cached_tokens or 0, usage.cache_write_tokens or 0,
+           usage.cache_write_1h_tokens or 0, usage.web_search_requests or 0) < 0:
+        return "a negative count"  # only in rows stored before counts were checked
     if PRICED_FIELDS & invalid_fields(usage):
         return "a count the provider sent is not a count"
     return None

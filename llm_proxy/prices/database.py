@@ -62,6 +62,7 @@ UNITS: Mapping[str, tuple[str, int]] = {
 }
 
 Rate = Decimal | gp.TieredPrices
+RECENT_LIMIT = 10_000  # (model, tier) pairs whose rates of the current minute are kept
 
 
 def price_context(tier: str | None) -> dict[str, str] | None:
@@ -94,43 +95,50 @@ class Rates:
     uncounted: tuple[str, ...]  # priced units we never meter (audio, images, storage searches, ...)
 
     def cost(self, usage: Usage) -> Decimal | None:
-        """USD for `usage`; None when its counts cannot be split into the priced classes."""
+        """USD for `usage`; None when its counts cannot be split into the priced classes.
+
+        Each term is exact in Decimal, so summing per divisor and dividing once
+        equals genai-prices' sum of per-term quotients (and costs one division).
+        """
         rates = self.rates
         input_tokens = usage.input_tokens or 0
-        reads = usage.cached_tokens or 0
-        writes = usage.cache_write_tokens or 0
-        writes_1h = usage.cache_write_1h_tokens or 0
         output = usage.output_tokens or 0
-        reasoning = usage.reasoning_tokens or 0
-        counts: dict[str, int] = {
-            "input_mtok": input_tokens,
-            "output_mtok": output,
-            "web_searches_kcount": usage.web_search_requests or 0,
-            "requests_kcount": 1,
-        }
         # Leaf counts: each priced class pays for what no more specific priced class inside it does.
+        input_leaf, output_leaf = input_tokens, output
+        per_million = Decimal(0)
         if "cache_read_mtok" in rates:
-            counts["cache_read_mtok"] = reads
-            counts["input_mtok"] -= reads
+            reads = usage.cached_tokens or 0
+            input_leaf -= reads
+            per_million += _rate_at(rates["cache_read_mtok"], input_tokens) * reads
         if "cache_write_mtok" in rates:
-            counts["cache_write_mtok"] = writes
-            counts["input_mtok"] -= writes
+            writes = usage.cache_write_tokens or 0
+            input_leaf -= writes
             if "cache_write_1h_mtok" in rates:
-                counts["cache_write_1h_mtok"] = writes_1h
-                counts["cache_write_mtok"] -= writes_1h
+                writes_1h = usage.cache_write_1h_tokens or 0
+                writes -= writes_1h
+                per_million += _rate_at(rates["cache_write_1h_mtok"], input_tokens) * writes_1h
+            if writes < 0:
+                return None
+            per_million += _rate_at(rates["cache_write_mtok"], input_tokens) * writes
         if "output_reasoning_mtok" in rates:
             if "reasoning_tokens" in invalid_fields(usage):
                 return None  # billed at its own rate, so its count matters
-            counts["output_reasoning_mtok"] = reasoning
-            counts["output_mtok"] -= reasoning
-        total = Decimal(0)
-        for key, rate in rates.items():
-            n = counts.get(key, 0)
-            if n < 0:
-                return None  # parts larger than their whole: no true split exists
-            if n:
-                total += _rate_at(rate, input_tokens) * Decimal(n) / UNITS[key][1]
-        return total
+            reasoning = usage.reasoning_tokens or 0
+            output_leaf -= reasoning
+            per_million += _rate_at(rates["output_reasoning_mtok"], input_tokens) * reasoning
+        if input_leaf < 0 or output_leaf < 0:
+            return None  # parts larger than their whole: no true split exists
+        if "input_mtok" in rates:
+            per_million += _rate_at(rates["input_mtok"], input_tokens) * input_leaf
+        if "output_mtok" in rates:
+            per_million += _rate_at(rates["output_mtok"], input_tokens) * output_leaf
+        per_thousand = Decimal(0)
+        if "web_searches_kcount" in rates:
+            per_thousand += _rate_at(rates["web_searches_kcount"], input_tokens) * (usage.web_search_requests or 0)
+        if "requests_kcount" in rates:
+            per_thousand += _rate_at(rates["requests_kcount"], input_tokens)  # one request: this call
+        total = per_million / MTOK
+        return total + per_thousand / KCOUNT if per_thousand else total
 
     def per_million(self) -> dict[str, Decimal | str]:
         """For `llm-proxy prices show`: each rate as text, tiers spelled out."""
@@ -188,6 +196,8 @@ class PriceDatabase:
         self._find: Memo[tuple[str, str], DbModel | None] = Memo(self._lookup)
         # Keyed by objects of the snapshot, not by client names: bounded by the data itself.
         self._compiled: Memo[tuple[int, tuple[int, ...]], tuple[Rates, Any]] = Memo(self._compile)
+        self._minute_safe: Memo[tuple[int], tuple[bool, gp.ModelInfo]] = Memo(self._check_minutes)
+        self._recent: dict[tuple[int, str | None], tuple[datetime, Rates, gp.ModelInfo]] = {}
 
     def provider_id(self, provider: str) -> str | None:
         pid = PROVIDER_IDS.get(provider, provider)
@@ -209,9 +219,36 @@ class PriceDatabase:
         return None if found is None else DbModel(self._providers[pid], found)
 
     def rates(self, entry: DbModel, ts: datetime, tier: str | None) -> Rates:
-        """The model's rates at `ts` for `tier`; raises TierUnpriced for a tier the database lacks."""
+        """The model's rates at `ts` for `tier`; raises TierUnpriced for a tier the database lacks.
+
+        Prices change at whole minutes (dates, times of day), so the answer for
+        a model and tier is kept for the rest of its minute: most calls then
+        cost one dict lookup here.
+        """
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
+        key = (id(entry.model), tier)
+        minute = ts.replace(second=0, microsecond=0) if self._whole_minutes(entry.model) else ts
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] == minute and recent[2] is entry.model:
+            return recent[1]
+        rates = self._resolve(entry, ts, tier)
+        if len(self._recent) < RECENT_LIMIT or key in self._recent:
+            self._recent[key] = (minute, rates, entry.model)
+        return rates
+
+    def _whole_minutes(self, model: gp.ModelInfo) -> bool:
+        return self._minute_safe((id(model),), model)[0]
+
+    @staticmethod
+    def _check_minutes(key: tuple[int], model: gp.ModelInfo) -> tuple[bool, gp.ModelInfo]:
+        """Whether every time-of-day boundary of the model is a whole minute (the model is kept alive)."""
+        constraints = [c.constraint for c in model.prices] if isinstance(model.prices, list) else []
+        constraints += [v.constraint for v in model.price_variants or ()]
+        bounds = [t for c in constraints if isinstance(c, gp.TimeOfDateConstraint) for t in (c.start_time, c.end_time)]
+        return all(t.second == 0 and t.microsecond == 0 for t in bounds), model
+
+    def _resolve(self, entry: DbModel, ts: datetime, tier: str | None) -> Rates:
         model = entry.model
         standard = model.get_prices(ts)
         context = price_context(tier)

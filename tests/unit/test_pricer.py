@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from llm_proxy.config.models import Target
 from llm_proxy.config.pricing import PriceBook, Price
 from llm_proxy.config.providers import Provider
@@ -101,9 +103,10 @@ def test_whatever_the_counts_the_cost_is_null_or_not_negative():
     check()
 
 
-def test_negative_split_is_null_on_both_sources():
+@pytest.mark.parametrize("cached", [5000, -5])
+def test_negative_split_is_null_on_both_sources(cached):
     usage = Usage(input_tokens=1000, output_tokens=10)
-    usage.cached_tokens = 5000  # cached > input: a row stored before counts were checked
+    usage.cached_tokens = cached  # cached > input, or < 0: a row stored before counts were checked
     ts = datetime(2026, 11, 1, tzinfo=UTC)
     assert Pricer(BOOK, database=None).usage("openai", None, "gpt-4o-mini", usage, ts=ts) is None
     assert Pricer(PriceBook({})).usage("openai", None, "gpt-4o-mini", usage, ts=ts) is None

@@ -129,3 +129,15 @@ def test_time_of_day_prices(database):
     peak = database.rates(entry, datetime(2026, 11, 1, 2, 30, tzinfo=UTC), None).cost(usage)
     # (6000*0.15 + 4000*0.003 + 1000*0.6) / 1e6 and (6000*0.3 + 4000*0.006 + 1000*1.2) / 1e6
     assert (off_peak, peak) == (Decimal("0.001512"), Decimal("0.003024"))
+
+
+def test_the_minute_cache_never_outlives_a_price_change():
+    database = PriceDatabase()
+    entry = database.find("deepseek", "deepseek-v4-flash")
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    before = database.rates(entry, datetime(2026, 11, 1, 0, 59, 59, 999999, tzinfo=UTC), None).cost(usage)
+    at_peak = database.rates(entry, datetime(2026, 11, 1, 1, 0, 0, tzinfo=UTC), None).cost(usage)
+    assert (before, at_peak) == (Decimal("0.15"), Decimal("0.3"))
+    # and back, on the same day and across days
+    assert database.rates(entry, datetime(2026, 11, 1, 4, 0, tzinfo=UTC), None).cost(usage) == Decimal("0.15")
+    assert database.rates(entry, datetime(2026, 11, 2, 1, 0, tzinfo=UTC), None).cost(usage) == Decimal("0.3")

@@ -195,7 +195,8 @@ def test_a_cache_count_the_provider_garbled_makes_the_cost_unknown(book):
 
 
 @pytest.mark.parametrize("field,value", [("cached_tokens", 5000), ("cache_write_tokens", 5000),
-                                         ("cache_write_1h_tokens", 800)])
+                                         ("cache_write_1h_tokens", 800), ("cached_tokens", -5),
+                                         ("input_tokens", -5), ("web_search_requests", -1)])
 def test_never_a_negative_cost(book, field, value):
     # Issue 8: cached_tokens > prompt_tokens gave a negative cost. Usage now refuses such counts
     # when parsed, but a stored row from before (`db reprice`) can still hold them.
