@@ -86,7 +86,8 @@ Files: ``bench/run.py`` (this: processes, measurements, the writer),
 ``bench/load.py`` (the load generator), ``bench/report.py`` (tables, targets),
 ``bench/instructions.py`` with ``bench/parts.py`` (``python -m
 bench.instructions``: the addon's cost per request by part, counted by
-callgrind, repeatable where requests/s is not).
+callgrind, repeatable where requests/s is not), ``bench/soak.py`` (``python -m
+bench.soak``: the proxy's RSS over 300,000 mixed calls, and one row per call).
 
 Row check: after the measurements the addon proxies are stopped (SIGTERM
 flushes) and the table must hold one row per call the load generator completed
