@@ -96,7 +96,8 @@ def test_an_allowed_origin_calls_the_proxy_from_the_browser(page: Page, cors: Co
     assert upstream_saw(cors.upstream, trace) == ["POST"]
 
     assert out["usage"].get("status") == 200, out
-    assert out["usage"]["body"]["totals"]["requests"] >= 1
+    # (the chat's row may not be stored yet when this ran: only the answer's shape is certain)
+    assert set(out["usage"]["body"]) >= {"since", "until", "totals", "groups"}
     # The call was metered like any other.
     deadline = time.monotonic() + 15
     while not (rows := cors.admin.get("/_llm/api/requests", key=fingerprint(key))["requests"]):

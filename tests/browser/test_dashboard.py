@@ -52,6 +52,18 @@ class Dash:
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"hello from {key_name}"}],
                                        extra_headers=scenario(**fake))
 
+    def settle(self, timeout: float = 15) -> None:
+        """Until the rows of calls already answered are all stored (the count holds still for 0.6 s),
+        so the page and the API are compared on the same rows."""
+        deadline = time.monotonic() + timeout
+        last, still_since = -1, time.monotonic()
+        while time.monotonic() - still_since < 0.6:
+            assert time.monotonic() < deadline, "the row count never settled"
+            n = self.admin.get("/_llm/api/usage", since="1d")["totals"]["requests"]
+            if n != last:
+                last, still_since = n, time.monotonic()
+            time.sleep(0.15)
+
     def wait_rows(self, count: int, timeout: float = 15) -> None:
         """Until the API counts `count` calls (the writer thread stores rows shortly after each call)."""
         deadline = time.monotonic() + timeout
@@ -112,6 +124,7 @@ def wait_reload(page: Page, before: str, timeout: float = 15000) -> None:
 
 
 def sign_in(page: Page, dash: Dash) -> None:
+    dash.settle()
     page.goto(dash.url)
     expect(page.locator("#auth-dialog")).to_be_visible()
     page.fill("#auth-key", ADMIN_KEY)
@@ -149,6 +162,7 @@ def assert_totals_match(page: Page, totals: dict[str, Any]) -> None:
 
 
 def test_asks_for_the_admin_key_once_and_shows_the_apis_totals(page: Page, dash: Dash) -> None:
+    dash.settle()
     page.goto(dash.url)
     dialog = page.locator("#auth-dialog")
     expect(dialog).to_be_visible()
@@ -389,20 +403,29 @@ def test_screenshot(page: Page, dash: Dash, tmp_path: Path) -> None:
     assert width == 1280 and height >= 800
 
 
-def test_loopback_without_an_admin_key_needs_no_prompt(
-    browser: Browser, tmp_path: Path, upstream: FakeUpstream, pg_url: str, pg_table: str
-) -> None:
+def test_loopback_without_an_admin_key_needs_no_prompt(browser: Browser, tmp_path: Path, upstream: FakeUpstream) -> None:
+    """No admin key set and a loopback browser: the page works without asking (here on the embedded SQLite)."""
     providers = write_providers(tmp_path / "providers.toml", upstream.url)
     proxy = Proxy(["--mode", f"reverse:{upstream.url}@0", "--set", f"llm_providers={providers}",
-                    "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}"], confdir=tmp_path / "conf").start()
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+                   "--set", f"llm_db=sqlite:///{tmp_path / 'rows.db'}"], confdir=tmp_path / "conf",
+                  env={"LLM_PROXY_ADMIN_KEY": ""}).start()
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
     page = context.new_page()
     try:
         proxy.wait_for_log("llm-proxy writing rows to")
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-own-key", max_retries=0)
+        for n in (1, 2):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers=scenario(input=100 * n, output=10 * n))
+        deadline = time.monotonic() + 15
+        while (totals := httpx.get(f"{proxy.url}/_llm/api/usage", params={"since": DEFAULT_WINDOW}).json()["totals"]
+               )["requests"] < 2:
+            assert time.monotonic() < deadline, totals
+            time.sleep(0.1)
         page.goto(f"{proxy.url}/_llm/")
         page.wait_for_selector("body[data-loaded]")
         expect(page.locator("#auth-dialog")).to_be_hidden()
-        totals = httpx.get(f"{proxy.url}/_llm/api/usage", params={"since": DEFAULT_WINDOW}).json()["totals"]
+        assert totals["input_tokens"] == 300
         assert_totals_match(page, totals)
     finally:
         context.close()
