@@ -63,13 +63,13 @@ class SpendBook:
             with self._lock:
                 self._queued[key_id] += cost
 
-    # --- writer thread side (items are (key_id, cost) of rows) --------------------------
+    # --- writer thread side (items are (key_id, cost_usd, ts) of rows; ts may be left out) ---
 
-    def written(self, items: Iterable[tuple[str | None, Decimal | None]]) -> None:
+    def written(self, items: Iterable[tuple[str | None, Decimal | None, datetime | None]]) -> None:
         """Rows now in the database. Rows replayed from a journal after a restart were
         never queued here, so the queued amount never goes below zero."""
         with self._lock:
-            for key_id, cost in items:
+            for key_id, cost, *_ in items:
                 if cost and key_id in self.keys.by_name:
                     self._queued[key_id] = max(ZERO, self._queued[key_id] - cost)
                     self._written[key_id] += cost

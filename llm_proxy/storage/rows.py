@@ -10,7 +10,8 @@ its jsonb refuses `\\u0000` and unpaired `\\ud800`-`\\udfff` escapes, and no
 UTF-8 encoder (COPY, SQLite, the journal) takes a lone surrogate. Such
 characters are replaced by U+FFFD, and the row says so in its `error` column
 (`REPLACED_NOTE` + the columns), so a replaced character is never mistaken for
-what the client sent.
+what the client sent. JSON numbers jsonb cannot hold (NaN, Infinity, which
+Python's json accepts) become null, with the same note.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..record import COLUMNS, JSON_COLUMNS, Record
 
 TRUNCATED_HEAD = 4096
 REPLACEMENT = "\ufffd"
-REPLACED_NOTE = "llm-proxy replaced characters the database cannot store in: "
+REPLACED_NOTE = "llm-proxy replaced what the database cannot store in: "
 
 _ERROR = COLUMNS.index("error")
 _JSON_INDEXES = frozenset(COLUMNS.index(c) for c in JSON_COLUMNS)
@@ -82,12 +83,32 @@ def _json_text(value: Any, max_bytes: int | None) -> tuple[str | None, bool]:
     else:
         text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
     text, changed = clean_json(text)
+    if "NaN" in text or "Infinity" in text:
+        text, constants = _without_constants(text)
+        changed = changed or constants
     # Characters are at most 4 bytes: only encode when the text could be over the cap.
     if max_bytes is not None and len(text) * 4 > max_bytes:
         size = len(text.encode())
         if size > max_bytes:
             return json.dumps({"truncated": True, "size_bytes": size, "head": text[:TRUNCATED_HEAD]}), changed
     return text, changed
+
+
+def _without_constants(text: str) -> tuple[str, bool]:
+    """NaN, Infinity and -Infinity (Python's json reads and writes them; jsonb refuses them) as null.
+    Only texts that mention them pay for this parse, and most of those have them in a string."""
+    found: list[str] = []
+
+    def constant(name: str) -> None:
+        found.append(name)
+
+    try:
+        value = json.loads(text, parse_constant=constant)
+    except ValueError:
+        return text, False
+    if not found:
+        return text, False
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")), True
 
 
 def to_json(value: Any, max_bytes: int | None) -> str | None:

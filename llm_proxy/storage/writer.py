@@ -252,7 +252,9 @@ class Writer:
         except Exception as e:  # locked by another proxy, no permission, not a directory
             bound = f"up to {self.max_queue_bytes >> 20} MB" if self.max_queue_bytes is not None else "unbounded"
             self.journal_problem = str(e) or type(e).__name__
-            logger.error("llm-proxy runs without a journal (%s): while the database is unreachable, rows wait "
+            # A warning, not an error: mitmdump exits on an error logged during start-up, and a proxy
+            # without a journal still serves and stores rows (health says "degraded").
+            logger.warning("llm-proxy runs without a journal (%s): while the database is unreachable, rows wait "
                          "in memory (%s) and are lost if the proxy stops", self.journal_problem, bound)
             self.journal = None
 

@@ -523,3 +523,25 @@ def test_without_a_usable_journal_rows_wait_in_memory_and_health_says_why(tmp_pa
     writer.stop(timeout=5)
     owner.close()
     assert not list(Path(tmp_path / "j").glob("segment-*"))
+
+
+def test_json_constants_jsonb_refuses_become_null_with_the_note():
+    body = b'{"model":"gpt-4o-mini","temperature":NaN,"top_p":-Infinity,"stop":["NaN"]}'
+    row = as_dict(row_values(record(request_body=body, response_body={"score": float("inf")}), body_max_bytes=None))
+    assert json.loads(row["request_body"]) == {"model": "gpt-4o-mini", "temperature": None, "top_p": None,
+                                               "stop": ["NaN"]}
+    assert json.loads(row["response_body"]) == {"score": None}
+    assert row["error"] == REPLACED_NOTE + "request_body, response_body"
+    plain = as_dict(row_values(record(request_body=b'{"content":"NaN and Infinity"}'), body_max_bytes=None))
+    assert plain["request_body"] == '{"content":"NaN and Infinity"}' and plain["error"] is None
+
+
+def test_written_rows_move_from_queued_to_written_in_the_spend_book(tmp_path):
+    book = budget_book()
+    writer = Writer(SqliteSink(str(tmp_path / "s.db"), "t"), "test", flush_interval=0.01, spend=book)
+    writer.start()
+    wait_until(lambda: book.loaded.is_set())
+    writer.put(record("r1", ts=datetime.now(UTC)))
+    wait_until(lambda: writer.stats.rows_written == 1)
+    writer.stop(timeout=5)
+    assert writer.stats.internal_errors == 0 and book.spend("team") == Decimal("0.001")
