@@ -35,7 +35,8 @@ def loggable(name: str | None) -> str:
         return "None"
     if len(name) > MAX_LOGGED_NAME:
         return repr(name[:MAX_LOGGED_NAME]) + f"... ({len(name)} characters)"
-    return repr(name)
+    # repr escapes lone surrogates, newlines and control characters; plain names stay as they are.
+    return name if name.isprintable() else repr(name)
 
 
 @cache
