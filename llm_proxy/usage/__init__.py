@@ -7,7 +7,7 @@ from typing import Any
 from .. import apis
 from . import anthropic, gemini, ollama, openai
 from .base import StreamParser
-from .model import Usage, error_text
+from .model import Usage, error_text, text
 
 __all__ = ["StreamParser", "Usage", "error_text", "json_usage", "stream_parser"]
 
@@ -16,7 +16,7 @@ def json_usage(api: str, body: Any) -> tuple[Usage, str | None]:
     """Usage and response model of a complete (non-streamed) JSON response."""
     if not isinstance(body, dict):
         return Usage(), None
-    model = body.get("model") if isinstance(body.get("model"), str) else None
+    model = text(body.get("model"))
     if api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS, apis.OPENAI_EMBEDDINGS):
         return openai.chat_usage(body.get("usage"), embeddings=api == apis.OPENAI_EMBEDDINGS), model
     if api == apis.OPENAI_RESPONSES:

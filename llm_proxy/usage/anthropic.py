@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import StreamParser, loads
-from .model import Usage, count, error_text
+from .base import StreamParser, append_text, event_index, loads
+from .model import Usage, add, count, count_or_zero, error_text, text
 
 _COUNTED = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
@@ -23,15 +23,20 @@ def messages_usage(u: Any) -> Usage:
     if not isinstance(u, dict):
         return Usage()
     raw_input = count(u, "input_tokens")
-    reads = count(u, "cache_read_input_tokens") or 0
-    writes = count(u, "cache_creation_input_tokens") or 0
-    writes_1h = min(count(u, "cache_creation", "ephemeral_1h_input_tokens") or 0, writes)
+    if raw_input is None:
+        # Without input_tokens the cache counts have nothing to be part of.
+        reads = writes = writes_1h = None
+    else:
+        # Cache fields are absent from older responses: absent is 0, garbage is unknown.
+        reads = count_or_zero(u, "cache_read_input_tokens")
+        writes = count_or_zero(u, "cache_creation_input_tokens")
+        writes_1h = count_or_zero(u.get("cache_creation"), "ephemeral_1h_input_tokens")
     return Usage(
-        input_tokens=None if raw_input is None else raw_input + reads + writes,
+        input_tokens=add(raw_input, reads, writes),
         output_tokens=count(u, "output_tokens"),
-        cached_tokens=reads if raw_input is not None else None,
-        cache_write_tokens=writes if raw_input is not None else None,
-        cache_write_1h_tokens=writes_1h if raw_input is not None else None,
+        cached_tokens=reads,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=writes_1h,
         reasoning_tokens=count(u, "output_tokens_details", "thinking_tokens"),
         web_search_requests=count(u, "server_tool_use", "web_search_requests"),
     )
@@ -63,8 +68,9 @@ class MessagesStream(StreamParser):
         kind = obj.get("type") or name
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             self._message = {k: v for k, v in obj["message"].items() if k not in ("content", "usage")}
-            self.response_model = self._message.get("model")
-            self._usage_obj = dict(obj["message"].get("usage") or {})
+            self.response_model = text(self._message.get("model"))
+            usage = obj["message"].get("usage")
+            self._usage_obj = dict(usage) if isinstance(usage, dict) else {}
             self.usage = messages_usage(self._usage_obj)
         elif kind == "message_delta":
             merge_usage(self._usage_obj, obj.get("usage"))
@@ -72,11 +78,11 @@ class MessagesStream(StreamParser):
             if isinstance(obj.get("delta"), dict):
                 self._message.update(obj["delta"])
         elif kind == "content_block_start" and isinstance(obj.get("content_block"), dict):
-            self._blocks[obj.get("index", len(self._blocks))] = dict(obj["content_block"])
+            self._blocks[event_index(obj, len(self._blocks))] = dict(obj["content_block"])
         elif kind == "content_block_delta" and isinstance(obj.get("delta"), dict):
-            self._apply_delta(obj.get("index", 0), obj["delta"])
+            self._apply_delta(event_index(obj, 0), obj["delta"])
         elif kind == "content_block_stop":
-            self._close_block(obj.get("index", 0))
+            self._close_block(event_index(obj, 0))
         elif kind == "error":
             self.error = error_text(obj)
         return True
@@ -85,13 +91,16 @@ class MessagesStream(StreamParser):
         block = self._blocks.setdefault(index, {})
         kind = delta.get("type")
         if kind == "input_json_delta":
-            self._partial_json[index] = self._partial_json.get(index, "") + (delta.get("partial_json") or "")
+            piece = delta.get("partial_json")
+            self._partial_json[index] = self._partial_json.get(index, "") + (piece if isinstance(piece, str) else "")
         elif kind == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            citations = block.get("citations")
+            if not isinstance(citations, list):
+                citations = block["citations"] = []
+            citations.append(delta.get("citation"))
         else:
             for key in ("text", "thinking", "signature"):
-                if isinstance(delta.get(key), str):
-                    block[key] = block.get(key, "") + delta[key]
+                append_text(block, key, delta.get(key))
 
     def _close_block(self, index: int) -> None:
         partial = self._partial_json.pop(index, None)
@@ -99,7 +108,7 @@ class MessagesStream(StreamParser):
             return
         try:
             self._blocks[index]["input"] = json.loads(partial) if partial else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or too deep to be): kept as the text sent
             self._blocks[index]["input"] = partial
 
     def finish(self) -> None:

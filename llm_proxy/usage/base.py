@@ -12,13 +12,34 @@ MAX_KEPT_EVENT_BYTES = 256 * 1024
 
 
 def loads(data: str | bytes | None) -> Any:
-    """Parse JSON text (an event's data, a body); None when it is empty or not JSON."""
+    """Parse JSON text (an event's data, a body); None when it is empty or not JSON.
+
+    Never raises, whatever the bytes: invalid UTF-8 (UnicodeDecodeError is a
+    ValueError) and nesting deeper than the interpreter's C recursion bound
+    (a 100,000-deep `[[[...` raises RecursionError) are both "not JSON", so a
+    hostile body costs neither the call nor its row. Lone surrogate escapes
+    (`"\\ud800"`) are valid JSON and come back as str; callers that store
+    or log a string from here pass it through `model.text`.
+    """
     if not data:
         return None
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
+
+
+def event_index(obj: dict[str, Any], default: int) -> int:
+    """An event's `index`: a missing or non-integer one (a list could not even key a dict) is `default`."""
+    index = obj.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else default
+
+
+def append_text(target: dict[str, Any], key: str, piece: Any) -> None:
+    """Append a streamed string piece; a non-string piece, or a non-string so far, is not text to join."""
+    if isinstance(piece, str):
+        previous = target.get(key)
+        target[key] = (previous if isinstance(previous, str) else "") + piece
 
 
 class StreamParser:
@@ -26,8 +47,10 @@ class StreamParser:
 
     `on_event` returns False only for an event the proxy itself caused and the
     client must not see (the usage chunk of an injected `include_usage`).
-    Parsers must tolerate any input: the meter catches exceptions, but a parser
-    that raises loses the rest of the call's usage.
+    Parsers must never raise, whatever an event holds (a list where an index
+    belongs, a number where text belongs, NaN counts): the meter catches
+    exceptions, but the relay (rescue/) feeds parsers directly, and a parser
+    that raises loses the rest of the call's usage either way.
     """
 
     def __init__(self) -> None:

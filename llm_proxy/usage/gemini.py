@@ -10,25 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from .base import StreamParser, loads
-from .model import Usage, count, error_text
+from .model import Usage, add, count_or_zero, error_text, text
 
 
 def generate_usage(meta: Any) -> Usage:
     """Map `usageMetadata`; proto3 omits zero counts, so absent means 0 once it is present."""
     if not isinstance(meta, dict):
         return Usage()
-    thoughts = count(meta, "thoughtsTokenCount") or 0
+    thoughts = count_or_zero(meta, "thoughtsTokenCount")
     return Usage(
-        input_tokens=(count(meta, "promptTokenCount") or 0) + (count(meta, "toolUsePromptTokenCount") or 0),
-        output_tokens=(count(meta, "candidatesTokenCount") or 0) + thoughts,
-        cached_tokens=count(meta, "cachedContentTokenCount") or 0,
+        input_tokens=add(count_or_zero(meta, "promptTokenCount"), count_or_zero(meta, "toolUsePromptTokenCount")),
+        output_tokens=add(count_or_zero(meta, "candidatesTokenCount"), thoughts),
+        cached_tokens=count_or_zero(meta, "cachedContentTokenCount"),
         reasoning_tokens=thoughts,
     )
 
 
 def response_model(obj: Any) -> str | None:
-    model = obj.get("modelVersion") if isinstance(obj, dict) else None
-    return model if isinstance(model, str) else None
+    return text(obj.get("modelVersion")) if isinstance(obj, dict) else None
 
 
 class GenerateStream(StreamParser):

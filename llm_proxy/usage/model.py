@@ -4,6 +4,12 @@ Every parser maps its provider's fields onto these semantics (DESIGN.md):
 input counts all input including cache reads and writes, output includes
 reasoning, and a count the provider did not report stays None (unknown),
 never 0.
+
+Upstream numbers are not trusted blindly. A count is a non-negative integer
+that fits the `integer` columns of the calls table; anything else the
+provider sends in its place (a string, a bool, a negative or fractional
+number, NaN, 1e400, a number past 2**31-1) is unknown, because storing or
+pricing it would either fail or invent a figure.
 """
 
 from __future__ import annotations
@@ -11,9 +17,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The calls table stores counts as PostgreSQL `integer`; a larger count could
+# not be written, so it is as unknown as one that was never sent.
+MAX_COUNT = 2**31 - 1
+
+_INPUT_SIDE = ("input_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens")
+_OUTPUT_SIDE = ("output_tokens", "reasoning_tokens")
+
+
+def valid_count(value: Any) -> int | None:
+    """`value` as a count, or None when it is not a non-negative integer that can be stored.
+
+    JSON has one number type, so an integral float (12.0) is the count 12;
+    12.7, -5, NaN, inf, True and "12" are not counts at all.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_COUNT else None
+    if isinstance(value, float):
+        # NaN and inf are not integral, so they fail here too.
+        return int(value) if value.is_integer() and 0 <= value <= MAX_COUNT else None
+    return None
+
 
 @dataclass(slots=True)
 class Usage:
+    """Counts of one call, plausible by construction (see `__post_init__`)."""
+
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_tokens: int | None = None
@@ -23,11 +54,45 @@ class Usage:
     reasoning_tokens: int | None = None
     web_search_requests: int | None = None
 
+    def __post_init__(self) -> None:
+        """Keep only counts that can be true together.
+
+        Every field must be a valid count (sums built by the parsers can pass
+        the storable bound). Then the parts must fit inside their whole:
+        cache reads plus cache writes inside input, the 1-hour writes inside
+        the writes, reasoning inside output. When a provider's parts do not
+        fit, its numbers for that side contradict each other and we cannot
+        tell which one is wrong, so the whole side (input with its cache
+        parts, or output with its reasoning) becomes unknown. Pricing such a
+        call would otherwise bill `input - cached - writes` < 0 tokens: a
+        negative cost. With the side unknown the cost is NULL instead.
+        """
+        for name in (*_INPUT_SIDE, *_OUTPUT_SIDE, "web_search_requests"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, valid_count(value))
+        if not self._input_side_fits():
+            for name in _INPUT_SIDE:
+                setattr(self, name, None)
+        if self.output_tokens is not None and (self.reasoning_tokens or 0) > self.output_tokens:
+            for name in _OUTPUT_SIDE:
+                setattr(self, name, None)
+
+    def _input_side_fits(self) -> bool:
+        writes, writes_1h = self.cache_write_tokens, self.cache_write_1h_tokens
+        if writes is not None and writes_1h is not None and writes_1h > writes:
+            return False
+        if self.input_tokens is None:
+            return True
+        return (self.cached_tokens or 0) + (writes or 0) <= self.input_tokens
+
     @property
     def total_tokens(self) -> int | None:
+        """input + output; with one side unknown, the known side; None if the sum cannot be stored."""
         if self.input_tokens is None and self.output_tokens is None:
             return None
-        return (self.input_tokens or 0) + (self.output_tokens or 0)
+        total = (self.input_tokens or 0) + (self.output_tokens or 0)
+        return total if total <= MAX_COUNT else None
 
     @property
     def known(self) -> bool:
@@ -35,14 +100,22 @@ class Usage:
 
 
 def count(obj: Any, *path: str) -> int | None:
-    """The int at `obj[path...]`, or None when any step is missing or not a number."""
+    """The count at `obj[path...]`, or None when any step is missing or the value is not a count."""
     for key in path:
         if not isinstance(obj, dict):
             return None
         obj = obj.get(key)
-    if isinstance(obj, bool) or not isinstance(obj, (int, float)):
-        return None
-    return int(obj)
+    return valid_count(obj)
+
+
+def count_or_zero(obj: Any, key: str) -> int | None:
+    """A count a provider omits when it is zero: absent or null -> 0, not a count -> None.
+
+    For fields inside an object the provider did send (proto3 `usageMetadata`,
+    Ollama's `omitempty` metrics, `*_details` objects).
+    """
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return 0 if value is None else valid_count(value)
 
 
 def detail(obj: Any, details_key: str, field: str) -> int | None:
@@ -50,11 +123,34 @@ def detail(obj: Any, details_key: str, field: str) -> int | None:
 
     Providers omit zero fields inside a details object they did send, but an
     absent details object means the provider did not report that class at all.
+    A field that holds something other than a count is unknown.
     """
     details = obj.get(details_key) if isinstance(obj, dict) else None
     if not isinstance(details, dict):
         return None
-    return count(details, field) or 0
+    return count_or_zero(details, field)
+
+
+def add(*counts: int | None) -> int | None:
+    """The sum of counts, unknown when any of them is (the bound is checked by Usage)."""
+    if any(c is None for c in counts):
+        return None
+    return sum(c for c in counts if c is not None)
+
+
+def text(value: Any) -> str | None:
+    """An upstream string fit for a row and a log line; None when it is not a string.
+
+    JSON's `\\ud800` escape gives Python a lone surrogate, which no UTF-8
+    encoder (PostgreSQL, SQLite, log files) accepts; it becomes U+FFFD.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
 
 
 def error_text(obj: Any) -> str | None:
@@ -68,7 +164,7 @@ def error_text(obj: Any) -> str | None:
         return None
     err = obj.get("error")
     if isinstance(err, str) and err:
-        return err
+        return text(err)
     if not isinstance(err, dict):
         if obj.get("type") != "error":
             return None
@@ -76,5 +172,5 @@ def error_text(obj: Any) -> str | None:
     kind = err.get("type") if err.get("type") != "error" else None
     kind = kind or err.get("status") or err.get("code")
     message = err.get("message") or ""
-    text = f"{kind}: {message}" if kind else str(message)
-    return text or "error"
+    line = f"{kind}: {message}" if kind else str(message)
+    return text(line or "error")

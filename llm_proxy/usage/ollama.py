@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from .base import StreamParser, loads
-from .model import Usage, count, error_text
+from .model import Usage, count_or_zero, error_text, text
 
 
 def native_usage(obj: Any) -> Usage:
     if not isinstance(obj, dict):
         return Usage()
     return Usage(
-        input_tokens=count(obj, "prompt_eval_count") or 0,
-        output_tokens=count(obj, "eval_count") or 0,
+        input_tokens=count_or_zero(obj, "prompt_eval_count"),
+        output_tokens=count_or_zero(obj, "eval_count"),
     )
 
 
@@ -32,7 +32,7 @@ class NativeStream(StreamParser):
         if obj.get("error"):
             self.error = error_text(obj)
         if isinstance(obj.get("model"), str):
-            self.response_model = obj["model"]
+            self.response_model = text(obj["model"])
         if obj.get("done") is True:
             self.usage = native_usage(obj)
         self.keep_event(None, obj, len(data))

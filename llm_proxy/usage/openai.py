@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import StreamParser, loads
-from .model import Usage, count, detail, error_text
+from .base import StreamParser, append_text, event_index, loads
+from .model import Usage, count, detail, error_text, text
 
 
 def chat_usage(u: Any, *, embeddings: bool = False) -> Usage:
@@ -18,7 +18,7 @@ def chat_usage(u: Any, *, embeddings: bool = False) -> Usage:
     if not isinstance(u, dict):
         return Usage()
     output = count(u, "completion_tokens")
-    if output is None and embeddings and count(u, "prompt_tokens") is not None:
+    if embeddings and u.get("completion_tokens") is None and count(u, "prompt_tokens") is not None:
         output = 0  # embeddings produce no output tokens; 0 is known, not unknown
     return Usage(
         input_tokens=count(u, "prompt_tokens"),
@@ -50,20 +50,27 @@ def _append_delta(target: dict[str, Any], delta: dict[str, Any]) -> None:
     """
     for key, value in delta.items():
         if key == "tool_calls" and isinstance(value, list):
-            calls = target.setdefault("tool_calls", {})
+            calls = target.get("tool_calls")
+            if not isinstance(calls, dict):  # by index while rebuilding; a list only in body()
+                calls = target["tool_calls"] = {}
             for call in value:
                 if not isinstance(call, dict):
                     continue
-                slot = calls.setdefault(call.get("index", len(calls)), {"function": {"arguments": ""}})
+                slot = calls.setdefault(event_index(call, len(calls)), {"function": {"arguments": ""}})
                 for field in ("id", "type"):
                     if call.get(field):
                         slot[field] = call[field]
-                function = call.get("function") or {}
+                function = call.get("function")
+                if not isinstance(function, dict):
+                    continue
                 if function.get("name"):
                     slot["function"]["name"] = function["name"]
-                slot["function"]["arguments"] += function.get("arguments") or ""
+                append_text(slot["function"], "arguments", function.get("arguments"))
         elif isinstance(value, str):
-            target[key] = target.get(key, "") + value if key != "role" else value
+            if key == "role":
+                target[key] = value
+            else:
+                append_text(target, key, value)
         elif value is not None and key not in target:
             target[key] = value
 
@@ -95,9 +102,9 @@ class ChatStream(StreamParser):
         if not self._head:
             self._head = {k: chunk[k] for k in ("id", "created", "system_fingerprint") if k in chunk}
         if isinstance(chunk.get("model"), str):
-            self.response_model = chunk["model"]
+            self.response_model = text(chunk["model"])
         usage = chunk.get("usage")
-        if usage:
+        if isinstance(usage, dict) and usage:
             self._usage_obj = usage
             self.usage = chat_usage(usage)
         choices = chunk.get("choices")
@@ -108,10 +115,11 @@ class ChatStream(StreamParser):
         return not (self.strip_usage_chunk and usage and choices == [])
 
     def _fold_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index", 0)
+        index = event_index(choice, 0)
         slot = self._choices.setdefault(index, {"index": index, "message": {}, "finish_reason": None})
         if self.legacy:
-            slot["message"]["text"] = slot["message"].get("text", "") + (choice.get("text") or "")
+            slot["message"].setdefault("text", "")
+            append_text(slot["message"], "text", choice.get("text"))
         elif isinstance(choice.get("delta"), dict):
             _append_delta(slot["message"], choice["delta"])
         if choice.get("finish_reason"):
@@ -122,7 +130,7 @@ class ChatStream(StreamParser):
         for index in sorted(self._choices):
             slot = self._choices[index]
             message = dict(slot["message"])
-            if "tool_calls" in message:
+            if isinstance(message.get("tool_calls"), dict):
                 message["tool_calls"] = [message["tool_calls"][i] for i in sorted(message["tool_calls"])]
             if self.legacy:
                 choices.append({"index": index, "text": message.get("text", ""), "finish_reason": slot["finish_reason"]})
@@ -154,7 +162,7 @@ class ResponsesStream(StreamParser):
         kind = obj.get("type") or name
         response = obj.get("response")
         if isinstance(response, dict) and isinstance(response.get("model"), str):
-            self.response_model = response["model"]
+            self.response_model = text(response["model"])
         if kind in _TERMINAL and isinstance(response, dict):
             self._final = response
             self.usage = responses_usage(response.get("usage"))
