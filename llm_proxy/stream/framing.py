@@ -153,7 +153,7 @@ class JSONArrayDecoder:
                 break
             try:
                 _, end = decoder.raw_decode(text, pos)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: stop cutting
                 break
             events.append(Event(b"", None, text[pos:end]))
             pos = end

@@ -45,7 +45,9 @@ class StreamMeter:
         if data and self.first_byte_at is None:
             self.first_byte_at = time.time()
         if self.meter_error is not None:
-            return data if data else b""
+            if not data:
+                self.finish()  # metering stopped, but the parser still closes what it saw
+            return data
         try:
             events = self.decoder.feed(data) if data else self.decoder.flush()
         except Exception as e:  # never let a decoder bug cost the client a chunk
