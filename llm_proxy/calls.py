@@ -18,7 +18,7 @@ from mitmproxy import http
 
 from . import apis, headers
 from .keys.model import hash_secret
-from .redact import client_key, fingerprint_of, mask_url
+from .redact import client_key, fingerprint_of, key_param_to_header, mask_url
 from .record import Record
 from .limits.gate import Gate
 from .routing import Route
@@ -89,6 +89,8 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     )
     if route.upstream_url is not None:
         request.url = route.upstream_url
+    if route.provider.format == "gemini" and b"?" in request.data.path:
+        key_param_to_header(request)
     if api in apis.METERED:
         headers.rewrite(request.headers, _ACCEPT_ENCODING, _IDENTITY)  # chunks must be readable as they pass
     if (

@@ -87,6 +87,17 @@ def _is_secret_param(name: str) -> bool:
     return name.strip().lower() in SECRET_PARAMS
 
 
+def key_param_to_header(request: http.Request) -> None:
+    """Move a Gemini `key=` query parameter into the `x-goog-api-key` header, which Google's API
+    reads the same way, so the secret is in no URL that mitmproxy prints, shows or saves."""
+    if "key" not in request.query:
+        return
+    secret = request.query.get("key")
+    request.query.pop("key")
+    if secret and not any(_KEY_HEADER_RANK.get(name.lower()) is not None for name, _ in request.headers.fields):
+        request.headers["x-goog-api-key"] = secret
+
+
 # How each provider format expects its key.
 _PROVIDER_AUTH = {
     "openai": ("authorization", "Bearer {}"),

@@ -40,9 +40,10 @@ class Proxy(Service):
         self, args: list[str], *, confdir: Path, env: dict[str, str] | None = None, tool: str = "mitmdump"
     ) -> None:
         self.confdir = confdir
+        quiet = [] if any(a.startswith("flow_detail=") for a in args) else ["--set", "flow_detail=0"]
         cmd = [
             str(BIN / tool), "-s", str(ADDON), "--listen-host", "127.0.0.1",
-            "--set", f"confdir={confdir}", "--set", "flow_detail=0", *args,
+            "--set", f"confdir={confdir}", *quiet, *args,
         ]
         # The journal and embedded database of this proxy stay in its own directory.
         super().__init__(tool, cmd, LISTENING, {"LLM_PROXY_HOME": str(confdir / "home"), **(env or {})},

@@ -118,15 +118,19 @@ def test_percent_encoded_key_parameter_is_masked(
 ) -> None:
     providers = write_providers(tmp_path / "providers.toml", upstream.url)
     proxy = start_proxy(["--mode", f"reverse:{upstream.url}@0", "--set", f"llm_providers={providers}",
-                         "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}"])
+                         "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}",
+                         "--set", "flow_detail=1"],  # mitmdump's default: its own log prints each URL
+                        env={"PYTHONUNBUFFERED": "1"})
     secret = new_key("AIzaSECRET")
     reply = httpx.post(f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent?%6Bey={secret}",
                        json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=30)
     assert reply.status_code == 200
     [row] = Rows(pg_url, pg_table).wait(secret)  # the key authenticated: its fingerprint is the key_id
     assert row["path"].endswith("?%6Bey=***") and secret not in json.dumps(row, default=str)
+    # The key went upstream in Gemini's header, not in the URL mitmproxy prints and shows.
+    assert upstream.requests[-1].headers["x-goog-api-key"] == secret and "key" not in upstream.requests[-1].query
     proxy.stop()
-    assert secret not in proxy.log
+    assert "POST http://" in proxy.log and secret not in proxy.log
 
 
 @pytest.mark.parametrize("spelling", ["127.1", "2130706433", "localhost", "0x7f.0.0.1"])

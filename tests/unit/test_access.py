@@ -254,11 +254,15 @@ def test_passthrough_leaves_credentials_alone():
     assert call.holds_key is False
 
 
-def test_passthrough_gemini_query_key_stays():
+def test_passthrough_gemini_query_key_moves_to_its_header():
+    """Google reads x-goog-api-key as it reads ?key=; in the header the secret is in no URL
+    that mitmproxy prints, shows in mitmweb or saves with the flow."""
     acc = Access()
-    flow, call = opened("/gemini/v1beta/models/gemini-2.0-flash:generateContent?key=AIza-client", GEMINI)
+    flow, call = opened("/gemini/v1beta/models/gemini-2.0-flash:generateContent?alt=sse&key=AIza-client", GEMINI)
     assert admit(acc, flow, call) is None
-    assert flow.request.query["key"] == "AIza-client"
+    assert "key" not in flow.request.query and flow.request.query["alt"] == "sse"
+    assert flow.request.headers["x-goog-api-key"] == "AIza-client"
+    assert call.key_id == fingerprint("AIza-client") and call.path.endswith("&key=***")
 
 
 def test_refusals_reach_nothing_upstream():
