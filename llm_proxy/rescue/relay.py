@@ -193,14 +193,15 @@ class Relay:
             record.duration_ms = round((time.monotonic() - started) * 1000)
             if isinstance(result, Reply):
                 record.status = result.status
-                self.breakers.success(target)
                 try:
                     await self._hand_on(job, up, result, record, writer)
                 finally:
+                    # Judged once the answer is over: a provider that fails after its first output
+                    # is too late to rescue this call, but the breaker must hear of it.
                     if record.error is not None and not record.client_gone:
-                        # The provider failed after its first output: too late to rescue this
-                        # call, but the breaker must hear of it, as of any other failure.
                         self.breakers.failure(target, time.monotonic())
+                    else:
+                        self.breakers.success(target)
                 return None
             record.status = result.reply.status if result.reply else None
             record.error = result.error

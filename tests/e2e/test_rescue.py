@@ -57,6 +57,10 @@ fallbacks = ["openai:brk-backup"]
 
 [models."allfail-*"]
 fallbacks = ["openai:allfail-backup"]
+
+[models."late-*"]
+target = "openai:late-primary"
+fallbacks = ["openai:late-backup"]
 """)
     text = providers.read_text()
     text = text.replace("[providers.openai]\n", '[providers.openai]\napi_key_env = "OPENAI_API_KEY"\nmodels = ["gpt-*"]\n')
@@ -249,3 +253,40 @@ def test_a_rescued_stream_is_still_streamed(rescuer: Proxy) -> None:
             extra_headers=scenario(only_model=model, status=503, output=5, delay=0.2)):
         arrivals.append(time.monotonic() - started)
     assert arrivals[-1] - arrivals[0] > 0.8 and arrivals[0] < 0.5
+
+
+def test_a_relayed_stream_read_by_the_sdk_keeps_its_usage(rescuer: Proxy, rows: Rows) -> None:
+    """The openai SDK hangs up as soon as it reads [DONE]; with slow chunks that used to beat the
+    relay's own end of stream, leaving the row with NULL tokens and "Client disconnected."."""
+    key = new_key()
+    client = openai_client(rescuer, key)
+    for _ in range(4):
+        model = unique("gpt-4o-mini")  # has fallbacks: the relay carries it
+        chunks = list(client.chat.completions.create(
+            model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+            extra_headers=scenario(input=120, output=6, delay=0.15)))
+        assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 120
+    for row in rows.wait(key, 4):
+        assert (row["input_tokens"], row["output_tokens"], row["error"]) == (120, 6, None)
+        assert row["response_model"]
+        assert row["attempts"][0]["input_tokens"] == 120
+
+
+def test_a_failure_after_the_first_output_counts_against_the_breaker(rescuer: Proxy, rows: Rows,
+                                                                     upstream: FakeUpstream) -> None:
+    key = new_key()
+    client = openai_client(rescuer, key)
+    failing = scenario(only_model="late-primary", output=8, error_after=3)
+    for _ in range(2):  # llm_breaker_failures=2: two failures mid-stream open it
+        with pytest.raises(openai.APIError):
+            for _chunk in client.chat.completions.create(model="late-x", messages=MESSAGES, stream=True,
+                                                         extra_headers=failing):
+                pass
+    before = len(upstream.requests)
+    chunks = list(client.chat.completions.create(model="late-x", messages=MESSAGES, stream=True,
+                                                 extra_headers=failing))
+    assert chunks[0].model == "late-backup"
+    assert [r.json["model"] for r in upstream.requests[before:]] == ["late-backup"]  # primary skipped up front
+    first, second, third = rows.wait(key, 3)
+    assert first["error"] and second["error"]
+    assert third["attempts"][0]["error"] == "circuit open: skipped"
