@@ -35,7 +35,7 @@ def describe_rule(clause: Any) -> str:
     for attr in ("equals", "starts_with", "ends_with", "contains", "regex"):
         value = getattr(clause, attr, None)
         if value is not None:
-            return f"{attr.replace('_', ' ')} {value!r}"
+            return f"{attr.replace('_', ' ')} '{value}'"
     return repr(clause)
 
 
