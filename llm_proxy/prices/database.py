@@ -197,7 +197,7 @@ class PriceDatabase:
         # Keyed by objects of the snapshot, not by client names: bounded by the data itself.
         self._compiled: Memo[tuple[int, tuple[int, ...]], tuple[Rates, Any]] = Memo(self._compile)
         self._minute_safe: Memo[tuple[int], tuple[bool, gp.ModelInfo]] = Memo(self._check_minutes)
-        self._recent: dict[tuple[int, str | None], tuple[datetime, Rates, gp.ModelInfo]] = {}
+        self._recent: dict[tuple[int, bool, str | None], tuple[datetime, Rates, gp.ModelInfo]] = {}
 
     def provider_id(self, provider: str) -> str | None:
         pid = PROVIDER_IDS.get(provider, provider)
@@ -227,7 +227,7 @@ class PriceDatabase:
         """
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
-        key = (id(entry.model), tier)
+        key = (id(entry.model), entry.own, tier)  # a borrowed model has no tier prices
         minute = ts.replace(second=0, microsecond=0) if self._whole_minutes(entry.model) else ts
         recent = self._recent.get(key)
         if recent is not None and recent[0] == minute and recent[2] is entry.model:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-
 from llm_proxy.cli import main
 from llm_proxy.record import Record
 from llm_proxy.storage.rows import row_values
