@@ -203,6 +203,7 @@ class InProcess:
     def make_flow(self, case: Case) -> http.HTTPFlow:
         request = tutils.treq(method=case.method, scheme=b"https", host="api.openai.com", port=443,
                               authority=b"", path=case.path, content=case.body, headers=Headers(case.headers))
+        request.timestamp_start = time.time()  # tutils' fixed 2000-01-01 would make a 26-year call
         flow = tflow.tflow(req=request)
         flow.client_conn.proxy_mode = ProxyMode.parse("reverse:https://api.openai.com")
         return flow
