@@ -12,10 +12,12 @@ SQL by the control plane's own tests).
 from __future__ import annotations
 
 import os
+import random
 import re
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -346,6 +349,11 @@ def test_nothing_is_loaded_from_another_host(page: Page, dash: Dash) -> None:
     expect(page.locator("#chart canvas")).to_have_count(1)  # the vendored chart library ran
     assert urls and all(u.startswith(dash.proxy.url + "/_llm/") for u in urls), urls
     assert page.evaluate("typeof uPlot") == "function"
+    # Nor does the browser fetch /favicon.ico on its own (reverse mode would forward and meter it).
+    page.wait_for_timeout(500)
+    dash.settle()
+    paths = [r["path"] for r in dash.admin.get("/_llm/api/requests", limit=500)["requests"]]
+    assert not [p for p in paths if p and "favicon" in p], paths
 
 
 def page_width(page: Page) -> int:
@@ -389,11 +397,47 @@ def test_uses_a_4k_screen(browser: Browser, dash: Dash) -> None:
         context.close()
 
 
-def test_screenshot(page: Page, dash: Dash, tmp_path: Path) -> None:
-    """The README's picture, taken from the real page with the rows of this module's calls."""
+# A week of plausible traffic for the README's picture (USD per 1M input, output tokens).
+HISTORY_PRICES = {"gpt-4o-mini": ("openai", "0.15", "0.60"), "gpt-4o": ("openai", "2.50", "10.00"),
+                  "claude-sonnet-4-20250514": ("anthropic", "3.00", "15.00"),
+                  "gemini-2.0-flash": ("gemini", "0.10", "0.40")}
+HISTORY_KEYS = ("alice", "bob", "ci-bot", "support-bot")
+
+
+def add_history(pg_url: str, table: str, days: int = 7, seed: int = 7) -> int:
+    """Backdated rows inserted straight into the table (the usage rollup follows by its triggers).
+
+    Only the screenshot needs them: a chart of a few seconds of test calls says nothing.
+    """
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    rows = []
+    for hour in range(days * 24, 0, -1):
+        at = now - timedelta(hours=hour)
+        busy = 1 + (4 if 8 <= at.hour <= 18 else 0) + (2 if at.weekday() < 5 else 0)
+        for _ in range(rng.randint(0, busy)):
+            model = rng.choice(list(HISTORY_PRICES))
+            provider, price_in, price_out = HISTORY_PRICES[model]
+            tokens_in, tokens_out = rng.randint(200, 6000), rng.randint(50, 1200)
+            status = 200 if rng.random() > 0.04 else rng.choice((429, 500, 503))
+            cost = (tokens_in * Decimal(price_in) + tokens_out * Decimal(price_out)) / 1_000_000
+            rows.append((f"history-{secrets.token_hex(8)}", at + timedelta(seconds=rng.randint(0, 3599)),
+                         rng.randint(300, 6000), provider, "chat", "POST", model, model, rng.choice(HISTORY_KEYS),
+                         status, tokens_in, tokens_out, tokens_in + tokens_out, cost))
+    with psycopg.connect(pg_url) as conn:
+        conn.cursor().executemany(
+            f"INSERT INTO {table} (request_id, ts, duration_ms, provider, api, method, model, response_model, key_id,"
+            " status, input_tokens, output_tokens, total_tokens, cost_usd) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    return len(rows)
+
+
+def test_screenshot(page: Page, dash: Dash, pg_url: str, pg_table: str, tmp_path: Path) -> None:
+    """The README's picture: the real page with this module's calls plus a week of backdated rows."""
+    assert add_history(pg_url, pg_table) > 100
     sign_in(page, dash)
-    page.select_option("#window", "24h")
-    page.wait_for_timeout(300)
+    # The page shows the history too, to the digit.
+    assert_totals_match(page, dash.admin.get("/_llm/api/usage", since=DEFAULT_WINDOW)["totals"])
     target = REPO / "docs" / "dashboard.png" if os.environ.get("LLM_PROXY_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(target), full_page=True)
