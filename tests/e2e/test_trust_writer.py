@@ -111,8 +111,15 @@ def test_calls_whose_rows_are_dropped_still_count_towards_the_budget(
         proxy = start(start_proxy, upstream, tmp_path,
                       f"postgresql://postgres@127.0.0.1:{relay.port}/test?connect_timeout=2", table,
                       "--set", f"llm_keys={keys_file}", "--set", "llm_journal_max_mb=1")
-        relay.cut()  # the database goes away; a 1 MB journal holds two of these calls' rows
         client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=secret, max_retries=0)
+        # A first call while the database is up: the key's spend is loaded and its row written.
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers=scenario(input=10, output=0))
+        deadline = time.monotonic() + 20
+        while health(proxy)["writer"]["rows_written"] < 1:
+            assert time.monotonic() < deadline, health(proxy)
+            time.sleep(0.1)
+        relay.cut()  # the database goes away; a 1 MB journal holds two of these calls' rows
         for _ in range(4):  # $0.0003 each, served: $0.0012 spent, past the $0.001 budget
             client.chat.completions.create(model="gpt-4o-mini",
                                            messages=[{"role": "user", "content": "x" * 400_000}],
