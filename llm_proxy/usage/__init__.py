@@ -7,7 +7,7 @@ from typing import Any
 from .. import apis
 from . import anthropic, gemini, ollama, openai
 from .base import StreamParser
-from .model import Usage, error_text, text
+from .model import Usage, error_text, text, tier_name
 
 __all__ = ["StreamParser", "Usage", "error_text", "json_usage", "stream_parser"]
 
@@ -18,9 +18,13 @@ def json_usage(api: str, body: Any) -> tuple[Usage, str | None]:
         return Usage(), None
     model = text(body.get("model"))
     if api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS, apis.OPENAI_EMBEDDINGS):
-        return openai.chat_usage(body.get("usage"), embeddings=api == apis.OPENAI_EMBEDDINGS), model
+        usage = openai.chat_usage(body.get("usage"), embeddings=api == apis.OPENAI_EMBEDDINGS)
+        usage.service_tier = tier_name(body.get("service_tier"))
+        return usage, model
     if api == apis.OPENAI_RESPONSES:
-        return openai.responses_usage(body.get("usage")), model
+        usage = openai.responses_usage(body.get("usage"))
+        usage.service_tier = tier_name(body.get("service_tier"))
+        return usage, model
     if api == apis.ANTHROPIC_MESSAGES:
         return anthropic.messages_usage(body.get("usage")), model
     if api == apis.GEMINI_GENERATE:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .base import StreamParser, append_text, event_index, loads
-from .model import Usage, add, count, count_or_zero, error_text, text
+from .model import Usage, add, count, count_or_zero, error_text, text, tier_name
 
 _COUNTED = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
@@ -38,6 +38,7 @@ def messages_usage(u: Any) -> Usage:
         cache_write_tokens=writes,
         cache_write_1h_tokens=writes_1h,
         reasoning_tokens=count(u, "output_tokens_details", "thinking_tokens"),
+        service_tier=tier_name(u.get("service_tier")),
         web_search_requests=count(u, "server_tool_use", "web_search_requests"),
     )
 
@@ -83,6 +84,8 @@ class MessagesStream(StreamParser):
             self._apply_delta(event_index(obj, 0), obj["delta"])
         elif kind == "content_block_stop":
             self._close_block(event_index(obj, 0))
+        elif kind == "message_stop":
+            self.complete = True
         elif kind == "error":
             self.error = error_text(obj)
         return True

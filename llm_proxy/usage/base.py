@@ -55,6 +55,9 @@ class StreamParser:
 
     def __init__(self) -> None:
         self.usage = Usage()
+        # The stream reached its format's end marker ([DONE], message_stop, a terminal
+        # response event, Ollama's done): a connection closed after it lost nothing.
+        self.complete = False
         self.error: str | None = None
         self.response_model: str | None = None
         self._events: list[Any] = []

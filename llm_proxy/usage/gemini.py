@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import StreamParser, loads
-from .model import Usage, add, count_or_zero, error_text, text
+from .model import Usage, add, count_or_zero, error_text, garbled, text
 
 
 def generate_usage(meta: Any) -> Usage:
@@ -18,8 +18,9 @@ def generate_usage(meta: Any) -> Usage:
     if not isinstance(meta, dict):
         return Usage()
     thoughts = count_or_zero(meta, "thoughtsTokenCount")
+    input_tokens = add(count_or_zero(meta, "promptTokenCount"), count_or_zero(meta, "toolUsePromptTokenCount"))
     return Usage(
-        input_tokens=add(count_or_zero(meta, "promptTokenCount"), count_or_zero(meta, "toolUsePromptTokenCount")),
+        input_tokens=None if garbled(meta, "cachedContentTokenCount") else input_tokens,
         output_tokens=add(count_or_zero(meta, "candidatesTokenCount"), thoughts),
         cached_tokens=count_or_zero(meta, "cachedContentTokenCount"),
         reasoning_tokens=thoughts,
@@ -45,5 +46,8 @@ class GenerateStream(StreamParser):
             self.error = error_text(obj)
         if "usageMetadata" in obj:
             self.usage = generate_usage(obj["usageMetadata"])
+        candidates = obj.get("candidates")
+        if isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+            self.complete = True  # Gemini has no end marker: the chunk with a finish reason is the last
         self.response_model = response_model(obj) or self.response_model
         self.keep_event(None, obj, size)

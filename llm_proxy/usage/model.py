@@ -53,6 +53,9 @@ class Usage:
     cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     web_search_requests: int | None = None
+    # The service tier the provider says it served (OpenAI `service_tier`, Anthropic
+    # `usage.service_tier`): flex and priority are priced differently.
+    service_tier: str | None = None
 
     def __post_init__(self) -> None:
         """Keep only counts that can be true together.
@@ -67,6 +70,8 @@ class Usage:
         call would otherwise bill `input - cached - writes` < 0 tokens: a
         negative cost. With the side unknown the cost is NULL instead.
         """
+        if self.service_tier is not None:
+            self.service_tier = tier_name(self.service_tier)
         for name in (*_INPUT_SIDE, *_OUTPUT_SIDE, "web_search_requests"):
             value = getattr(self, name)
             if value is not None:
@@ -131,6 +136,20 @@ def detail(obj: Any, details_key: str, field: str) -> int | None:
     return count_or_zero(details, field)
 
 
+def garbled(obj: Any, *path: str) -> bool:
+    """True when the value at `obj[path...]` is there but is not a count.
+
+    For the parts of input (cached, cache writes): such a part reads as None, which
+    elsewhere means "not reported" and is priced as 0; a part the provider did send
+    but garbled is not that, so the caller makes the whole input side unknown.
+    """
+    for key in path:
+        if not isinstance(obj, dict):
+            return False
+        obj = obj.get(key)
+    return obj is not None and valid_count(obj) is None
+
+
 def add(*counts: int | None) -> int | None:
     """The sum of counts, unknown when any of them is (the bound is checked by Usage)."""
     if any(c is None for c in counts):
@@ -151,6 +170,13 @@ def text(value: Any) -> str | None:
     except UnicodeEncodeError:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
     return value
+
+
+def tier_name(value: Any) -> str | None:
+    """A service tier as a provider names it ("default", "flex", "priority"); None if not one."""
+    if not isinstance(value, str) or not 0 < len(value) <= 32 or not value.replace("_", "").isalnum():
+        return None
+    return value.lower()
 
 
 def error_text(obj: Any) -> str | None:

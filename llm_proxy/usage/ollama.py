@@ -34,6 +34,7 @@ class NativeStream(StreamParser):
         if isinstance(obj.get("model"), str):
             self.response_model = text(obj["model"])
         if obj.get("done") is True:
+            self.complete = True
             self.usage = native_usage(obj)
         self.keep_event(None, obj, len(data))
         return True

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from .base import StreamParser, append_text, event_index, loads
-from .model import Usage, count, detail, error_text, text
+from .model import Usage, count, detail, error_text, garbled, text, tier_name
+
+
+_CACHE_PARTS = ("cached_tokens", "cache_write_tokens")
 
 
 def chat_usage(u: Any, *, embeddings: bool = False) -> Usage:
@@ -20,8 +23,9 @@ def chat_usage(u: Any, *, embeddings: bool = False) -> Usage:
     output = count(u, "completion_tokens")
     if embeddings and u.get("completion_tokens") is None and count(u, "prompt_tokens") is not None:
         output = 0  # embeddings produce no output tokens; 0 is known, not unknown
+    parts_garbled = any(garbled(u, "prompt_tokens_details", f) for f in _CACHE_PARTS)
     return Usage(
-        input_tokens=count(u, "prompt_tokens"),
+        input_tokens=None if parts_garbled else count(u, "prompt_tokens"),
         output_tokens=output,
         cached_tokens=detail(u, "prompt_tokens_details", "cached_tokens"),
         cache_write_tokens=detail(u, "prompt_tokens_details", "cache_write_tokens"),
@@ -33,8 +37,9 @@ def responses_usage(u: Any) -> Usage:
     """Usage of the Responses API (`ResponseUsage`)."""
     if not isinstance(u, dict):
         return Usage()
+    parts_garbled = any(garbled(u, "input_tokens_details", f) for f in _CACHE_PARTS)
     return Usage(
-        input_tokens=count(u, "input_tokens"),
+        input_tokens=None if parts_garbled else count(u, "input_tokens"),
         output_tokens=count(u, "output_tokens"),
         cached_tokens=detail(u, "input_tokens_details", "cached_tokens"),
         cache_write_tokens=detail(u, "input_tokens_details", "cache_write_tokens"),
@@ -92,6 +97,7 @@ class ChatStream(StreamParser):
 
     def on_event(self, name: str | None, data: str) -> bool:
         if data.startswith("[DONE]"):
+            self.complete = True
             return True
         chunk = loads(data)
         if not isinstance(chunk, dict):
@@ -107,6 +113,7 @@ class ChatStream(StreamParser):
         if isinstance(usage, dict) and usage:
             self._usage_obj = usage
             self.usage = chat_usage(usage)
+            self.usage.service_tier = tier_name(chunk.get("service_tier"))
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -165,7 +172,9 @@ class ResponsesStream(StreamParser):
             self.response_model = text(response["model"])
         if kind in _TERMINAL and isinstance(response, dict):
             self._final = response
+            self.complete = True
             self.usage = responses_usage(response.get("usage"))
+            self.usage.service_tier = tier_name(response.get("service_tier"))
             if kind == "response.failed":
                 self.error = error_text(response) or "response.failed"
         elif kind == "error":

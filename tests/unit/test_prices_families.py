@@ -17,7 +17,8 @@ from llm_proxy.config.pricing import PriceBook, load_pricing, parse_price
 from llm_proxy.paths import DEFAULT_PRICING
 from llm_proxy.pricer import Pricer
 from llm_proxy.record import Record
-from llm_proxy.usage import Usage
+from llm_proxy import apis
+from llm_proxy.usage import Usage, json_usage
 from llm_proxy.usage.anthropic import messages_usage
 from llm_proxy.usage.gemini import generate_usage
 from llm_proxy.usage.ollama import native_usage
@@ -233,11 +234,10 @@ def test_openai_service_tiers(pricer, tier, expected):
 
 
 def test_anthropic_batch_and_the_tier_read_from_the_usage(pricer):
-    class TieredUsage(Usage):
-        service_tier = "batch"  # what usage/model.py will carry from `usage.service_tier`
-
-    usage = TieredUsage(input_tokens=12050, output_tokens=400, cached_tokens=10000, cache_write_tokens=2000,
-                        cache_write_1h_tokens=500)
+    usage, _ = json_usage(apis.ANTHROPIC_MESSAGES, {"usage": {
+        "input_tokens": 50, "cache_read_input_tokens": 10000, "cache_creation_input_tokens": 2000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 500}, "output_tokens": 400, "service_tier": "batch"}})
+    assert (usage.input_tokens, usage.service_tier) == (12050, "batch")
     # claude-sonnet-5-5 batch: input 1, read 0.05, write 1.25, 1h write 2, output 5.
     # (50*1 + 10000*0.05 + 1500*1.25 + 500*2 + 400*5) / 1e6 = (50 + 500 + 1875 + 1000 + 2000) / 1e6
     assert price(pricer, "anthropic", "claude-sonnet-5-5", usage) == Decimal("0.005425")

@@ -548,3 +548,47 @@ def test_property_stream_meter_on_random_bytes(decoder_type, api, strip, chunks,
     assert _flatten(outputs) == b"".join(chunks)
     assert_trustworthy(meter.parser.usage)
     json.dumps(meter.parser.body())
+
+
+@pytest.mark.parametrize(("api", "body"), [
+    ("openai-chat", {"usage": {"prompt_tokens": 100, "completion_tokens": 5,
+                               "prompt_tokens_details": {"cached_tokens": "abc"}}}),
+    ("openai-responses", {"usage": {"input_tokens": 100, "output_tokens": 5,
+                                    "input_tokens_details": {"cached_tokens": -3}}}),
+    ("gemini-generate", {"usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 5,
+                                           "cachedContentTokenCount": 1.5}}),
+])
+def test_a_garbled_cache_part_makes_input_unknown_not_uncached(api: str, body: dict) -> None:
+    """A cache part the provider sent but garbled is not "not reported" (priced as 0): the input
+    side is unknown, so the cost is NULL rather than a full-price guess."""
+    usage, _ = json_usage(api, body)
+    assert usage.input_tokens is None and usage.output_tokens == 5
+
+
+def test_each_stream_format_knows_when_it_is_complete() -> None:
+    """A client that hangs up after the end marker lost nothing (issue 8, item 15)."""
+    cases = [
+        (apis.OPENAI_CHAT, ['{"choices":[{"delta":{"content":"x"}}]}', "[DONE]"]),
+        (apis.OPENAI_RESPONSES, ['{"type":"response.completed","response":{"usage":{"input_tokens":1}}}']),
+        (apis.ANTHROPIC_MESSAGES, ['{"type":"message_start","message":{"usage":{"input_tokens":1}}}',
+                                   '{"type":"message_stop"}']),
+        (apis.GEMINI_GENERATE, ['{"candidates":[{"finishReason":"STOP"}]}']),
+        (apis.OLLAMA_CHAT, ['{"done":true,"prompt_eval_count":1,"eval_count":2}']),
+    ]
+    for api, events in cases:
+        parser = stream_parser(api)
+        for event in events[:-1]:
+            parser.on_event(None, event)
+        assert not parser.complete, api
+        parser.on_event(None, events[-1])
+        assert parser.complete, api
+
+
+@pytest.mark.parametrize(("api", "body", "tier"), [
+    (apis.OPENAI_CHAT, {"service_tier": "flex", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}, "flex"),
+    (apis.OPENAI_RESPONSES, {"service_tier": "Priority", "usage": {"input_tokens": 1}}, "priority"),
+    (apis.ANTHROPIC_MESSAGES, {"usage": {"input_tokens": 1, "service_tier": "standard"}}, "standard"),
+    (apis.OPENAI_CHAT, {"service_tier": "x\ud800'; drop", "usage": {"prompt_tokens": 1}}, None),
+])
+def test_the_service_tier_the_provider_reports_is_kept_for_pricing(api: str, body: dict, tier: str | None) -> None:
+    assert json_usage(api, body)[0].service_tier == tier
