@@ -270,9 +270,7 @@ class LLMProxy:
             flow.response = health.answer(request.path, self._health())
             return
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
-        route = self.router.route(
-            reverse=reverse, scheme=request.scheme, host=request.host, port=request.port, path=request.path,
-        )
+        route = self.route_of(flow)
         if route is None:
             if self.only_providers and not reverse:
                 flow.response = _not_a_provider(request.host)
@@ -293,6 +291,14 @@ class LLMProxy:
                 route.api, route.provider.format, refusal.status, refusal.message,
                 code=refusal.code, headers=refusal.headers,
             )
+
+    def route_of(self, flow: http.HTTPFlow) -> Route | None:
+        """The provider and API shape of a flow, or None when it is not a call this proxy meters."""
+        request = flow.request
+        return self.router.route(
+            reverse=isinstance(flow.client_conn.proxy_mode, ReverseMode), scheme=request.scheme,
+            host=request.host, port=request.port, path=request.path,
+        )
 
     async def _admit(self, flow: http.HTTPFlow, route: Route, *, by_model: bool) -> Refusal | None:
         """Open the call, plan it and check its key; a Refusal is answered locally."""

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..config.errors import ConfigError
-from . import db, doctor, keys
+from . import db, doctor, keys, prices, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(commands)
     db.register(commands)
     doctor.register(commands)
-    __import__(f"{__name__}.prices", fromlist=["register"]).register(commands)
-    __import__(f"{__name__}.report", fromlist=["register"]).register(commands)
+    prices.register(commands)
+    report.register(commands)
     return parser
 
 

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy.mode_specs import ReverseMode
 
 from ..config.errors import ConfigError
 from ..keys import admin
@@ -261,12 +260,7 @@ class ControlPlane:
         self.start_clock(flow)
 
     def _metered(self, flow: http.HTTPFlow) -> bool:
-        request = flow.request
-        route = self.metering.router.route(
-            reverse=isinstance(flow.client_conn.proxy_mode, ReverseMode), scheme=request.scheme,
-            host=request.host, port=request.port, path=request.path,
-        )
-        return route is not None
+        return self.metering.route_of(flow) is not None
 
     # --- dispatch -----------------------------------------------------------------------
 
