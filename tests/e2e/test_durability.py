@@ -160,14 +160,19 @@ def test_a_bad_row_is_set_aside_and_the_rest_of_its_batch_written(
     table: str, upstream: FakeUpstream, start_proxy: ProxyFactory, tmp_path: Path, pg_url: str
 ) -> None:
     proxy = start(start_proxy, upstream, tmp_path, pg_url, table)
+    proxy.wait_for_log("llm-proxy writing rows to")
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a rule of the database's owner
+        conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT small_calls CHECK (input_tokens < 1000)")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:  # one batch, one row PostgreSQL refuses
-        list(pool.map(lambda i: call(proxy, input=3_000_000_000 if i == 3 else 10), range(6)))
+        list(pool.map(lambda i: call(proxy, input=5000 if i == 3 else 10), range(6)))
     state = wait_health(proxy, lambda s: s["writer"]["rows_written"] + s["writer"]["dead_letters"] == 6)
     assert (state["writer"]["rows_written"], state["writer"]["dead_letters"]) == (5, 1)
     assert count_rows(table) == (5, 5)
     [letter] = (tmp_path / "journal" / "dead-letter.jsonl").read_text().splitlines()
     entry = json.loads(letter)
-    assert "out of range" in entry["reason"] and entry["row"]["input_tokens"] == 3_000_000_000
+    assert entry["reason"] == 'CheckViolation: SQLSTATE 23514: new row for relation "..." violates check constraint "..."'
+    assert entry["row"]["input_tokens"] == 5000
+    assert state["writer"]["last_error"] == entry["reason"] and state["status"] == "ok"
 
 
 def test_a_full_journal_drops_new_rows_with_a_warning_and_keeps_serving(
