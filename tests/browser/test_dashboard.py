@@ -27,7 +27,7 @@ import httpx
 import openai
 import psycopg
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.e2e.conftest import Proxy, scenario, write_providers
 from tests.fakes.upstream import FakeUpstream
@@ -255,7 +255,7 @@ def test_request_detail_shows_the_row_with_bodies_and_attempts(page: Page, dash:
     expect(detail).to_be_hidden()
 
 
-def key_row(page: Page, name: str):  # noqa: ANN201  (a Playwright Locator)
+def key_row(page: Page, name: str) -> Locator:
     return page.locator(f'#keys tr[data-key="{name}"]')
 
 
