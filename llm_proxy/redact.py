@@ -8,6 +8,7 @@ place a provider's real key is written (into the upstream request).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_plus
 
 from mitmproxy import http
@@ -23,6 +24,7 @@ _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 # gateways use. Matched after percent-decoding and case-folding, as a server would read them.
 SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
 MASK = "***"
+_PARAM_SEPARATOR = re.compile(r"([&;])")
 
 
 def client_key(request: http.Request) -> str | None:
@@ -69,16 +71,17 @@ def mask_url(url: str) -> str:
     if not sep:
         return url
     query, hash_sep, fragment = query.partition("#")
-    parts = query.split("&")
+    # `;` separates parameters for many servers, though not for mitmproxy: split on both.
+    parts = _PARAM_SEPARATOR.split(query)
     changed = False
-    for index, part in enumerate(parts):
-        name, eq, value = part.partition("=")
+    for index in range(0, len(parts), 2):
+        name, eq, _ = parts[index].partition("=")
         if eq and _is_secret_param(name):
             parts[index] = f"{name}={MASK}"
             changed = True
     if not changed:
         return url
-    return f"{head}?{'&'.join(parts)}{hash_sep}{fragment}"
+    return f"{head}?{''.join(parts)}{hash_sep}{fragment}"
 
 
 def _is_secret_param(name: str) -> bool:

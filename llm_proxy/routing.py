@@ -11,6 +11,7 @@ so the proxy is never an open relay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from . import apis
 from .apis import api_for_path
@@ -26,6 +27,19 @@ class Route:
     api: str
     # Full URL to send the request to, when the proxy must move it (path routing).
     upstream_url: str | None = None
+
+
+# What may stay as it is in a URL; anything else (a byte that was not UTF-8, a space) is %-escaped.
+_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
+
+
+def ascii_url(url: str) -> str:
+    """`url` as the ASCII a request line needs. A client's path may hold bytes that are not
+    UTF-8 (mitmproxy keeps them as lone surrogates); they go upstream %-escaped, as they would
+    be written in a URL anyway, instead of failing the call."""
+    if url.isascii():
+        return url
+    return quote(url, safe=_URL_SAFE, errors="surrogateescape")
 
 
 def split_query(path: str) -> tuple[str, str]:
@@ -44,7 +58,7 @@ def route_request(
         named = providers.get(segment) if segment else None
         if named is not None:
             rest = "/" + rest
-            return Route(named, api_for_path(rest), f"{named.base_url}{rest}{query}")
+            return Route(named, api_for_path(rest), ascii_url(f"{named.base_url}{rest}{query}"))
         provider = providers.for_host(host, port) or generic_provider(host, scheme, port)
         return Route(provider, api_for_path(bare))
     provider = providers.for_host(host, port)
@@ -103,7 +117,7 @@ class Router:
         bare, query = split_query(path)
         route = self._routes((reverse, scheme, host, port, bare))
         if query and route is not None and route.upstream_url is not None:
-            return Route(route.provider, route.api, route.upstream_url + query)
+            return Route(route.provider, route.api, route.upstream_url + ascii_url(query))
         return route
 
     def plan(self, route: Route, model: str | None, *, by_model: bool) -> Plan | str:

@@ -121,8 +121,8 @@ def test_open_call_gemini_key_in_query_is_masked():
     assert call.path == "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key=***"
     assert (call.model, call.streaming, call.key_id) == ("gemini-2.5-flash", True, "fp-51761570bd52")
     assert call.route.api == apis.GEMINI_GENERATE
-    # The upstream still gets the key; only what is stored is masked.
-    assert flow.request.url.endswith("?alt=sse&key=AIzaSyTESTKEY")
+    # The upstream still gets the key, in Gemini's header: in no URL mitmproxy prints or saves.
+    assert flow.request.url.endswith("?alt=sse") and flow.request.headers["x-goog-api-key"] == "AIzaSyTESTKEY"
     assert call.strip_usage_chunk is False
 
 
@@ -245,7 +245,8 @@ def test_close_call_streamed_with_meter_and_client_disconnect():
     assert call.meter.ended is True
     assert record.ttft_ms == 250
     assert record.streaming is True
-    assert record.error == "client disconnected"
+    # The client hung up after [DONE] (SDKs do): it lost nothing, so that is no error.
+    assert record.error is None
     assert (record.input_tokens, record.output_tokens, record.cached_tokens, record.reasoning_tokens) == (
         1204, 312, 1024, 64)
     assert record.response_model == "gpt-4o-mini-2024-07-18"
@@ -309,3 +310,14 @@ def rec(**kw) -> Record:
 ])
 def test_comment(fields, line):
     assert comment(rec(**fields)) == line
+
+
+def test_close_call_client_gone_before_the_end_marker_is_an_error():
+    flow, call = opened("/openai/v1/chat/completions", {**CHAT, "stream": True})
+    call.meter = StreamMeter(stream_parser(call.route.api, strip_usage_chunk=True), SSEDecoder(), strip=True)
+    data, _ = T.openai_chat_stream()
+    call.meter(data[:data.index(b"[DONE]")])
+    flow.response = tutils.tresp(content=b"", headers=Headers(content_type="text/event-stream"))
+    flow.error = mflow.Error("client disconnected")
+    record, _ = close_call(flow, call, log_bodies=True)
+    assert record.error == "client disconnected" and record.input_tokens == 1204

@@ -326,7 +326,15 @@ def test_fingerprint_is_stable_and_hides_the_key(key, fp):
     ("/v1beta/models/g:generateContent?%6Bey=AIzaSECRET", "/v1beta/models/g:generateContent?%6Bey=***"),
     ("/p?%4B%45%59=SECRET&x=1", "/p?%4B%45%59=***&x=1"),
     ("/p?api%5Fkey=SECRET", "/p?api%5Fkey=***"),
+    ("/p?a=1;key=SECRET", "/p?a=1;key=***"),  # many servers split on ";" too
     ("/v1/chat/completions", "/v1/chat/completions"),
 ])
 def test_mask_url(url, masked):
     assert mask_url(url) == masked
+
+
+def test_a_path_byte_that_is_not_utf8_goes_upstream_escaped():
+    """mitmproxy keeps such a byte as a lone surrogate; the upstream URL must still be ASCII."""
+    from llm_proxy.routing import ascii_url
+    assert ascii_url("https://x/gemini/v1?\udcff&key=S") == "https://x/gemini/v1?%FF&key=S"
+    assert ascii_url("https://x/v1/chat/completions?a=b") == "https://x/v1/chat/completions?a=b"
