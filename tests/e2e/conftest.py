@@ -138,8 +138,16 @@ def pg_url() -> str:
 def pg_table(pg_url: str) -> Iterator[str]:
     table = f"llmp_test_{secrets.token_hex(6)}"
     yield table
+    drop_table(pg_url, table)
+
+
+def drop_table(pg_url: str, table: str) -> None:
+    """The calls table and what the control plane keeps beside it (its hourly rollup)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"DROP TABLE IF EXISTS {table}_hourly")
+        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync() CASCADE")
+        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_truncate() CASCADE")
 
 
 @pytest.fixture(scope="module")

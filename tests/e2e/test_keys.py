@@ -23,7 +23,7 @@ from google.genai import types as genai_types
 
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import Proxy, ProxyFactory, Rows, scenario, write_providers
+from .conftest import Proxy, ProxyFactory, Rows, drop_table, scenario, write_providers
 
 CLI = Path(sys.executable).with_name("llm-proxy")
 REAL_KEYS = {"OPENAI_API_KEY": "sk-real-openai-0d9e", "ANTHROPIC_API_KEY": "sk-ant-real-77aa",
@@ -225,8 +225,7 @@ def test_budget_is_shared_across_proxies(keyed, start_proxy: ProxyFactory, pg_ur
             assert time.monotonic() < deadline, "the second proxy never saw the first one's spend"
             time.sleep(0.2)
     finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        drop_table(pg_url, table)
 
 
 def test_reload_picks_up_a_disabled_key_within_a_second(keyed) -> None:

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import httpx
 import openai
-import psycopg
 import pytest
 from mitmproxy import io as mitmio
 
 from llm_proxy.redact import fingerprint
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import ProxyFactory, Rows, new_key, run_mitmdump_expecting_failure, write_providers
+from .conftest import (
+    ProxyFactory,
+    Rows,
+    drop_table,
+    new_key,
+    run_mitmdump_expecting_failure,
+    write_providers,
+)
 
 
 def chat(base_url: str, key: str, **kwargs: object) -> openai.types.chat.ChatCompletion:
@@ -93,8 +99,7 @@ def test_regular_mode_meters_provider_hosts_only(
             assert rows.fetch("key_id = %s", (fingerprint(other_key),)) == []
         finally:
             proxy.stop()
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            drop_table(pg_url, table)
 
 
 def test_mitmweb_comment_on_each_flow(tmp_path: Path, upstream: FakeUpstream, start_proxy: ProxyFactory) -> None:

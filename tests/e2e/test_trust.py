@@ -14,12 +14,19 @@ from pathlib import Path
 
 import httpx
 import openai
-import psycopg
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import ProxyFactory, Rows, new_key, run_mitmdump_expecting_failure, scenario, write_providers
+from .conftest import (
+    ProxyFactory,
+    Rows,
+    drop_table,
+    new_key,
+    run_mitmdump_expecting_failure,
+    scenario,
+    write_providers,
+)
 from .test_keys import REAL_KEYS, chat, create
 
 
@@ -153,8 +160,7 @@ def test_regular_mode_matches_a_provider_however_its_address_is_spelled(
             assert (row["provider"], row["input_tokens"]) == ("openai", 11)
         finally:
             proxy.stop()
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            drop_table(pg_url, table)
 
 
 def test_only_providers_refuses_other_hosts_in_regular_mode(tmp_path: Path, start_proxy: ProxyFactory) -> None:
