@@ -78,8 +78,7 @@ def _json_text(value: Any, max_bytes: int | None) -> tuple[str | None, bool]:
                 text = json.dumps(json.loads(value), ensure_ascii=False, separators=(",", ":"))
             except (ValueError, UnicodeDecodeError):
                 return json.dumps({"non_json_bytes": len(value)}), True
-        if text.startswith("\ufeff"):
-            text = text[1:]  # a UTF-8 byte order mark: json.loads allows it, jsonb does not
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark: json.loads allows it, jsonb does not
     else:
         text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
     text, changed = clean_json(text)

@@ -113,7 +113,8 @@ def test_a_truncated_body_with_lone_surrogates_is_storable():
 def test_journal_append_read_and_dead_letter_never_raise_on_lone_surrogates(tmp_path):
     journal = Journal(tmp_path / "j", 1 << 20)
     journal.open()
-    raw = list(record("raw", model="m\ud800", path="/p\udcff").__getattribute__(c) for c in COLUMNS)
+    hostile_record = record("raw", model="m\ud800", path="/p\udcff")
+    raw = [getattr(hostile_record, c) for c in COLUMNS]
     raw[COLUMNS.index("request_body")] = '{"a":"\\udc80"}'
     raw[COLUMNS.index("response_body")] = None
     raw[COLUMNS.index("attempts")] = None
@@ -337,7 +338,7 @@ def test_rows_dropped_for_want_of_memory_still_count_as_spend():
 
 def test_unstored_spend_falls_out_when_its_period_is_over():
     book = SpendBook()
-    book.use_keys(KeyRing([VirtualKey(name="team", hash=hash_secret("team"), budget=Decimal("1"), period="1d")]))
+    book.use_keys(KeyRing([VirtualKey(name="team", hash=hash_secret("team"), budget=Decimal(1), period="1d")]))
     book.refresh(lambda windows: {}, now=TS)
     book.queued("team", Decimal("0.25"))
     book.dropped([("team", Decimal("0.25"), TS)])
