@@ -54,7 +54,8 @@ def bench_writer(pg_url: str, table: str, n: int, count_rows: Callable[[], int])
     print(f"writer: {n:,} rows into PostgreSQL ...", end="", flush=True)
     records = [make_record(i) for i in range(n)]
     before = count_rows()
-    writer = Writer(PostgresSink(pg_url, table), f"bench table {table}", max_queue=n + 1)
+    writer = Writer(PostgresSink(pg_url, table), f"bench table {table}", max_queue=n + 1,
+                    max_queue_bytes=None)  # the benchmark queues every row up front, on purpose
     writer.start()
     try:
         deadline = time.monotonic() + 15

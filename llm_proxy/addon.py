@@ -243,6 +243,7 @@ class LLMProxy:
         old, self.writer = self.writer, Writer(
             sink, f"{database.describe()} table {table}", journal=journal,
             body_max_bytes=ctx.options.llm_body_max_bytes, spend=self.access.spend, spend_refresh=refresh,
+            max_queue_bytes=ctx.options.llm_writer_max_mb << 20,
         )
         if old is not None:
             old.stop()  # first: it must let go of the journal the new writer opens
