@@ -109,7 +109,7 @@ class Pricer:
         return total if any(a.usage.known for a in job.attempts) else None
 
     def _warn_once(self, provider: str, model: str | None, why: str) -> None:
-        key = (provider, model)
+        key = (provider[:200], model[:200] if model else model)  # client-supplied: kept short
         if key in self._warned:
             return
         if len(self._warned) >= MAX_WARNED:

@@ -20,6 +20,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TOKEN_TYPES = (("input", "input_tokens"), ("output", "output_tokens"), ("cached", "cached_tokens"),
                 ("cache_write", "cache_write_tokens"), ("reasoning", "reasoning_tokens"))
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Most distinct values a client-supplied label (model, key) takes; later ones count as "other".
+# Each label set is a series held for the process's life, so an unbounded label would let a
+# client grow the proxy by inventing model names or keys.
+MAX_LABEL_VALUES = 500
+OTHER = "other"
 _OVERHEAD = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
 
@@ -46,8 +51,27 @@ class _ProxyState(Collector):
         return [queue, journal, dropped, breakers]
 
 
+class BoundedLabel:
+    """The values one label may take: the first `limit` seen, then OTHER."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
 class Metrics:
     def __init__(self, metering: Any) -> None:
+        self.metering = metering
+        self._model = BoundedLabel()
+        self._key = BoundedLabel()
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["provider", "model", "key"]
         self.requests = Counter("llm_proxy_requests", "Calls metered, by status ('none': no response).",
@@ -67,7 +91,7 @@ class Metrics:
 
     def observe(self, record: Record) -> None:
         """A record listener: count one finished call."""
-        labels = (record.provider or "", record.model or "", record.key_id or "")
+        labels = (record.provider or "", self._model((record.model or "")[:200]), self._key(self._key_label(record)))
         self.requests.labels(*labels, str(record.status) if record.status is not None else "none").inc()
         for name, field in _TOKEN_TYPES:
             value = getattr(record, field)
@@ -79,6 +103,14 @@ class Metrics:
             self.duration.observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.observe(record.ttft_ms / 1000)
+
+    def _key_label(self, record: Record) -> str:
+        """A key's name; in keys mode a secret no key has is "unknown" (one label, not one each)."""
+        key_id = record.key_id or ""
+        access = self.metering.access
+        if getattr(access, "keys_required", False) and key_id not in access.keys.by_name:
+            return "unknown"
+        return key_id
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

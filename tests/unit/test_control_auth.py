@@ -141,3 +141,32 @@ def test_requests_limits():
         with pytest.raises(BadParameter) as e:
             requests_query(params, NOW)
         assert e.value.name == name
+
+
+def test_metrics_labels_from_clients_are_bounded() -> None:
+    """Invented model names and unknown keys must not grow the proxy (one series each, forever)."""
+    import gc
+    import tracemalloc
+    from datetime import UTC, datetime
+
+    from llm_proxy.addon import LLMProxy
+    from llm_proxy.control.metrics import MAX_LABEL_VALUES, Metrics
+    from llm_proxy.record import Record
+
+    metrics = Metrics(LLMProxy())
+
+    def call(n: int) -> Record:
+        return Record(request_id=str(n), ts=datetime.now(UTC), provider="openai", model=f"invented-{n}",
+                      key_id=f"fp-{n:012x}", status=200, input_tokens=1, output_tokens=1)
+    for n in range(MAX_LABEL_VALUES):
+        metrics.observe(call(n))
+    tracemalloc.start()
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(MAX_LABEL_VALUES, MAX_LABEL_VALUES + 5000):
+        metrics.observe(call(n))
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 100_000, grown  # was about 18 MB: two new series per call
+    assert b'model="other"' in metrics.render()

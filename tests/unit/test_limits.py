@@ -445,17 +445,18 @@ def test_spend_arithmetic_queued_written_dropped():
     assert book.spend("a") == Decimal("1.75")  # moved from queued to written, counted once
     book.queued(*second)
     assert book.spend("a") == Decimal("1.85")
-    book.dropped([second])
-    assert book.spend("a") == Decimal("1.75")  # never written: no longer counted
-    # The database now holds the written row: refresh replaces, never double-counts.
+    book.dropped([(*second, WALL)])
+    assert book.spend("a") == Decimal("1.85")  # never stored, but served: still spent
+    # The database now holds the written row: refresh replaces, never double-counts,
+    # and keeps the row it will never hold.
     book.refresh(FakeQuery({"a": Decimal("1.75")}), now=WALL)
-    assert book.spend("a") == Decimal("1.75")
+    assert book.spend("a") == Decimal("1.85")
     third = rec("a", "1")
     book.queued(*third)
     book.refresh(FakeQuery({"a": Decimal("2.00")}), now=WALL)  # another proxy spent 0.25
-    assert book.spend("a") == Decimal("3.00")  # queued stays counted across a refresh
+    assert book.spend("a") == Decimal("3.10")  # queued and unstored stay counted across a refresh
     book.written([third])
-    assert book.spend("a") == Decimal("3.00")
+    assert book.spend("a") == Decimal("3.10")
 
 
 def test_spend_ignores_unknown_keys_and_free_records():
