@@ -8,9 +8,9 @@ reports the ratio.
 
 Usage (from the repo root, PostgreSQL reachable, loopback traffic only)::
 
-    .venv/bin/python -m bench.dashboard             # 4 rounds x 2 conditions x 10 s (about 2.5 minutes)
+    .venv/bin/python -m bench.dashboard             # 4 rounds x 2 conditions x 10 s (about 3 minutes)
     .venv/bin/python -m bench.dashboard --history-rows 1000000 --rounds 6 --json dash.json
-    .venv/bin/python -m bench.dashboard --history-rows 2000 --rounds 1 --duration 2   # smoke run, ~20 s
+    .venv/bin/python -m bench.dashboard --history-rows 2000 --rounds 1 --duration 2   # smoke run, about 15 s
 
 Options: ``--history-rows N`` rows of history in the table before the proxy
 starts (default 200,000, spread over ``--history-days``, default 30),
