@@ -87,7 +87,10 @@ Files: ``bench/run.py`` (this: processes, measurements, the writer),
 ``bench/instructions.py`` with ``bench/parts.py`` (``python -m
 bench.instructions``: the addon's cost per request by part, counted by
 callgrind, repeatable where requests/s is not), ``bench/soak.py`` (``python -m
-bench.soak``: the proxy's RSS over 300,000 mixed calls, and one row per call).
+bench.soak``: the proxy's RSS over 300,000 mixed calls, and one row per call),
+``bench/reports.py`` (``python -m bench.reports``: the usage API over 1,000,000
+rows), ``bench/dashboard.py`` (``python -m bench.dashboard``: proxy throughput
+with and without the dashboard refreshing every second).
 
 Row check: after the measurements the addon proxies are stopped (SIGTERM
 flushes) and the table must hold one row per call the load generator completed

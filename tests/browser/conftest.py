@@ -31,13 +31,13 @@ ADMIN_KEY = "admin-" + secrets.token_urlsafe(16)
 REAL_KEYS = {"OPENAI_API_KEY": "sk-real-openai-browser-test", "ANTHROPIC_API_KEY": "sk-ant-real-browser-test"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: its event loop must be gone before other modules run
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(

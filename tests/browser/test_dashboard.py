@@ -198,6 +198,8 @@ def test_asks_for_the_admin_key_once_and_shows_the_apis_totals(page: Page, dash:
 
 def test_asks_again_when_the_kept_key_is_refused(page: Page, dash: Dash) -> None:
     page.goto(dash.url)
+    # The first load's own 401 handling must be over before the stale key is planted.
+    expect(page.locator("#auth-dialog")).to_be_visible()
     page.evaluate("sessionStorage.setItem('llm-proxy-admin-key', 'a-stale-key')")
     page.reload()
     expect(page.locator("#auth-dialog")).to_be_visible()
