@@ -24,7 +24,7 @@ _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 # gateways use. Matched after percent-decoding and case-folding, as a server would read them.
 SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
 MASK = "***"
-_PARAM_SEPARATOR = re.compile(r"([&;])")
+_PARAM_SEPARATOR = re.compile(r"(&|;|%3[Bb])")
 
 
 def client_key(request: http.Request) -> str | None:
@@ -71,7 +71,8 @@ def mask_url(url: str) -> str:
     if not sep:
         return url
     query, hash_sep, fragment = query.partition("#")
-    # `;` separates parameters for many servers, though not for mitmproxy: split on both.
+    # `;` separates parameters for many servers, though not for mitmproxy, which writes it
+    # back as %3B when it rewrites a query: split on all three.
     parts = _PARAM_SEPARATOR.split(query)
     changed = False
     for index in range(0, len(parts), 2):
@@ -117,5 +118,32 @@ def replace_credentials(request: http.Request, provider_format: str, real_key: s
         header, template = _PROVIDER_AUTH[provider_format]
         add = ((header.encode(), template.format(real_key).encode()),)
     headers.rewrite(request.headers, _KEY_HEADER_RANK, add)
-    if b"?" in request.data.path and "key" in request.query:
-        request.query.pop("key")
+    if b"?" in request.data.path:
+        if "key" in request.query:
+            request.query.pop("key")
+        request.path = without_key_params(request.path)
+
+
+def without_key_params(path: str) -> str:
+    """`path` without any `key=` parameter, however it is separated (`&`, `;`, `%3B`): in keys
+    mode the client's credential is the virtual key, which must never reach the provider."""
+    head, sep, query = path.partition("?")
+    if not sep or "=" not in query:
+        return path
+    parts = _PARAM_SEPARATOR.split(query)
+    kept: list[str] = []
+    for index in range(0, len(parts), 2):
+        name = parts[index].partition("=")[0]
+        if "=" in parts[index] and _is_key_param(name):
+            continue
+        if kept:
+            kept.append(parts[index - 1])  # the separator before this parameter
+        kept.append(parts[index])
+    rebuilt = "".join(kept)
+    return f"{head}?{rebuilt}" if rebuilt else head
+
+
+def _is_key_param(name: str) -> bool:
+    if "%" in name or "+" in name:
+        name = unquote_plus(name, errors="surrogateescape")
+    return name.strip().lower() == "key"

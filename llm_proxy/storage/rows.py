@@ -17,6 +17,7 @@ Python's json accepts) become null, with the same note.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -101,8 +102,15 @@ def _without_constants(text: str) -> tuple[str, bool]:
     def constant(name: str) -> None:
         found.append(name)
 
+    def number(literal: str) -> float | None:
+        value = float(literal)
+        if math.isfinite(value):
+            return value
+        found.append(literal)  # 1e400: fine as text, but re-serialised here it would be Infinity
+        return None
+
     try:
-        value = json.loads(text, parse_constant=constant)
+        value = json.loads(text, parse_constant=constant, parse_float=number)
     except ValueError:
         return text, False
     if not found:

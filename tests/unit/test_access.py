@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from mitmproxy.http import Headers
 from mitmproxy.test import tflow, tutils
 
@@ -403,3 +404,13 @@ def test_gate_handover_to_a_waiting_call():
         assert acc.gate.active == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("query", ["?a=1;key=VIRT&b=2", "?a=1%3Bkey=VIRT", "?%6Bey=VIRT&alt=sse"])
+def test_keys_mode_sends_no_key_parameter_upstream_however_it_is_separated(query):
+    """Found by the fuzz layer (F15): mitmproxy writes `;` back as %3B when it rewrites a
+    query, so a `;key=` parameter used to reach the provider, virtual secret and all."""
+    acc = keyed_access()
+    flow, call = opened(f"/openai/v1/chat/completions{query}", CHAT, {"authorization": f"Bearer {ALICE}"})
+    assert admit(acc, flow, call) is None
+    assert "VIRT" not in flow.request.url

@@ -546,3 +546,9 @@ def test_written_rows_move_from_queued_to_written_in_the_spend_book(tmp_path):
     wait_until(lambda: writer.stats.rows_written == 1)
     writer.stop(timeout=5)
     assert writer.stats.internal_errors == 0 and book.spend("team") == Decimal("0.001")
+
+
+def test_a_huge_number_beside_a_constant_is_stored_as_null_too() -> None:
+    """Found by the fuzz layer (F16): cleaning `-Infinity` re-serialised 1e400 as Infinity."""
+    from llm_proxy.storage.rows import to_json
+    assert json.loads(to_json(b'[1e400,-Infinity,2.5]', None)) == [None, None, 2.5]
