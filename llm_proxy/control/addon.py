@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 from mitmproxy import ctx, exceptions, http
 
 from ..config.errors import ConfigError
+from ..failures import FailureLog
 from ..keys import admin
 from ..keys.admin import KeyExists, KeyFieldError, NoSuchKey
 from ..keys.model import KeyRing, VirtualKey, period_start
@@ -40,6 +41,7 @@ from .params import BadParameter, Filters, UsageQuery, requests_query, usage_que
 from .reports import Reports, money
 
 logger = logging.getLogger(__name__)
+failures = FailureLog(logger)  # a client repeating a failing request gets one traceback, then a count
 
 T = TypeVar("T")
 PREFIX = "/_llm/"
@@ -240,8 +242,8 @@ class ControlPlane:
             response = await self._answer(flow, path)
         except ApiError as e:
             response = error_response(e.status, str(e), e.headers)
-        except Exception:
-            logger.exception("llm-proxy control plane failed on %s %s", request.method, path)
+        except Exception as e:
+            failures.failed("llm-proxy control plane failed", e, context=f"{request.method} {path}")
             response = error_response(500, "the control plane failed on this request; the proxy's log says why")
         if response is not None:
             flow.response = response
