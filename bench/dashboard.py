@@ -115,7 +115,7 @@ from urllib.parse import urlencode
 
 from bench.load import percentile
 from bench.report import fmt, machine
-from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, system_cpu
+from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, drop_bench_table, stop_all, system_cpu
 from bench.writer import MODEL
 from tests.fakes.process import LISTENING, Service, ServiceError
 
@@ -193,15 +193,6 @@ def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5
             conn.execute(f"VACUUM ANALYZE {table}_hourly")
             hourly = conn.execute(f"SELECT count(*) FROM {table}_hourly").fetchone()[0]
     return {"rows": rows, "days": days, "seconds": time.monotonic() - started, "rollup_rows": hourly}
-
-
-def drop_table(pg_url: str, table: str) -> None:
-    """The rows, the rollup beside them and the rollup's trigger functions."""
-    import psycopg
-
-    with psycopg.connect(pg_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly CASCADE")
-        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync(), {table}_hourly_truncate() CASCADE")
 
 
 # ----------------------------------------------------------------- the poller (a process of its own)
@@ -333,22 +324,9 @@ class DashboardBench:
         return service.start()
 
     def cleanup(self) -> None:
-        for proc in self.children:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.children.clear()
-        for service in reversed(self.services):
-            try:
-                service.stop(timeout=15)
-            except Exception as e:  # keep cleaning
-                print(f"could not stop {service.name}: {e}", file=sys.stderr)
-        self.services.clear()
+        stop_all(self.children, self.services)
         if self.table_made:
-            try:
-                drop_table(self.pg_url, self.table)
-            except Exception as e:
-                print(f"could not drop table {self.table}: {e}", file=sys.stderr)
+            drop_bench_table(self.pg_url, self.table)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the dashboard

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from llm_proxy.control.reports import ensure_rollup, money
+from llm_proxy.control.reports import drop_calls_table, ensure_rollup, money
 from llm_proxy.record import Record
 from llm_proxy.storage.postgres import PostgresSink
 from llm_proxy.storage.rows import row_values
@@ -175,8 +175,7 @@ def writer_cost(rows: int) -> None:
 
 def drop(url: str, table: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly")
-        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync, {table}_hourly_truncate")
+        drop_calls_table(conn, table)
 
 
 def main() -> int:

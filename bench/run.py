@@ -19,10 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.report import PROXIES, TARGETS, checks, fmt, machine, pool, report, summarize_profile
-
-from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, system_cpu
-from tests.fakes.process import LISTENING, Service, ServiceError
+from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, drop_bench_table, stop_all, system_cpu
 from bench.writer import MODEL, bench_writer
+from tests.fakes.process import LISTENING, Service, ServiceError
 
 FAKE_OPENAI_KEY = "sk-bench-not-a-real-key"
 KEY_NAMES = {"addon": "bench", "outage": "bench-outage"}
@@ -103,24 +102,9 @@ class Bench:
         time.sleep(0.3)
 
     def cleanup(self) -> None:
-        for proc in self.children:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for service in reversed(self.services):
-            try:
-                service.stop(timeout=15)
-            except Exception as e:  # keep cleaning
-                print(f"could not stop {service.name}: {e}", file=sys.stderr)
-        self.services.clear()
+        stop_all(self.children, self.services)
         if self.pg_reached:
-            try:
-                import psycopg
-
-                with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"DROP TABLE IF EXISTS {self.table}")
-            except Exception as e:
-                print(f"could not drop table {self.table}: {e}", file=sys.stderr)
+            drop_bench_table(self.pg_url, self.table)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _service(self, name: str, cmd: list[str], ready: re.Pattern[str], env: dict[str, str] | None = None

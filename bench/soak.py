@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import secrets
 import shlex
@@ -74,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.services import ADDON, BIN, PY, REPO, BenchError
+from bench.services import ADDON, BIN, PY, REPO, BenchError, drop_bench_table, stop_all
 from tests.fakes.process import LISTENING, Service, ServiceError
 
 MIN_CALLS_FOR_VERDICT = 30_000
@@ -353,23 +352,9 @@ class Soak:
         return service.start()
 
     def cleanup(self) -> None:
-        if self.driver is not None and self.driver.poll() is None:
-            self.driver.kill()
-            self.driver.wait()
-        for service in reversed(self.services):
-            try:
-                service.stop(timeout=30)
-            except Exception as e:  # keep cleaning
-                print(f"could not stop {service.name}: {e}", file=sys.stderr)
-        self.services.clear()
+        stop_all([self.driver] if self.driver is not None else [], self.services, timeout=30)
         if self.db.startswith("postgresql"):
-            try:
-                import psycopg
-
-                with psycopg.connect(self.db, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"DROP TABLE IF EXISTS {self.table}")
-            except Exception as e:
-                print(f"could not drop table {self.table}: {e}", file=sys.stderr)
+            drop_bench_table(self.db, self.table)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the measurement

@@ -329,6 +329,12 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def drop_calls_table(conn: psycopg.Connection, table: str) -> None:
+    """Drop a calls table with what the control plane keeps beside it (tests and benchmarks)."""
+    conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly CASCADE")
+    conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync(), {table}_hourly_truncate() CASCADE")
+
+
 def rollup_ready(conn: psycopg.Connection, table: str) -> bool:
     """Is the rollup there with all its triggers? Otherwise reports read the rows alone."""
     row = conn.execute(

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from llm_proxy.control.reports import drop_calls_table
 from llm_proxy.redact import fingerprint
 from tests.fakes.process import LISTENING, Service
 from tests.fakes.upstream import FakeUpstream
@@ -144,10 +145,7 @@ def pg_table(pg_url: str) -> Iterator[str]:
 def drop_table(pg_url: str, table: str) -> None:
     """The calls table and what the control plane keeps beside it (its hourly rollup)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(f"DROP TABLE IF EXISTS {table}_hourly")
-        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync() CASCADE")
-        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_truncate() CASCADE")
+        drop_calls_table(conn, table)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from llm_proxy.control.params import Filters, RequestsQuery, UsageQuery, parse_group_by
-from llm_proxy.control.reports import Reports, ensure_rollup, money, rollup_ready
+from llm_proxy.control.reports import Reports, drop_calls_table, ensure_rollup, money, rollup_ready
 from llm_proxy.record import COLUMNS, Record
 from llm_proxy.storage.dsn import Database
 from llm_proxy.storage.postgres import PostgresSink
@@ -75,9 +75,7 @@ def pg_table() -> Iterator[str]:
     table = f"llmp_rep_{secrets.token_hex(5)}"
     yield table
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.execute(f"DROP TABLE IF EXISTS {table}_hourly")
-        conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync, {table}_hourly_truncate")
+        drop_calls_table(conn, table)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +204,7 @@ def test_rollup_follows_updates_deletes_and_duplicate_replays(pg_table):
             assert conn.execute(f"SELECT count(*) FROM {table}_hourly").fetchone()[0] == 0
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly")
-            conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync, {table}_hourly_truncate")
+            drop_calls_table(conn, table)
 
 
 def test_requests_pages_newest_first_and_one_request_has_bodies(data):
