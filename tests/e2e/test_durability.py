@@ -22,7 +22,7 @@ import pytest
 from tests.fakes.tcprelay import TcpRelay
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import PG_URL, Proxy, ProxyFactory, write_providers
+from .conftest import PG_URL, Proxy, ProxyFactory, drop_table, write_providers
 
 CLI = Path(sys.executable).with_name("llm-proxy")
 
@@ -37,8 +37,7 @@ def relay() -> Iterator[TcpRelay]:
 def table(pg_url: str) -> Iterator[str]:
     name = "llmp_test_dur_" + os.urandom(4).hex()
     yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    drop_table(pg_url, name)
 
 
 def relayed_url(relay: TcpRelay) -> str:

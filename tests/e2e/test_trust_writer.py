@@ -23,7 +23,7 @@ from llm_proxy.storage.rows import REPLACED_NOTE
 from tests.fakes.tcprelay import TcpRelay
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import Proxy, ProxyFactory, scenario, write_providers
+from .conftest import Proxy, ProxyFactory, drop_table, scenario, write_providers
 
 CLI = Path(sys.executable).with_name("llm-proxy")
 
@@ -32,8 +32,7 @@ CLI = Path(sys.executable).with_name("llm-proxy")
 def table(pg_url: str) -> Iterator[str]:
     name = "llmp_test_trustw_" + os.urandom(4).hex()
     yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    drop_table(pg_url, name)
 
 
 def start(start_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Path, pg_url: str, table: str,

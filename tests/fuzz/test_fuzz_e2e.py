@@ -26,6 +26,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from llm_proxy.control.reports import drop_calls_table
 from llm_proxy.redact import fingerprint
 from tests.e2e.conftest import PG_URL, Proxy, write_providers
 from tests.fakes.upstream import FakeUpstream
@@ -69,7 +70,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         finally:
             proxy.stop()
             with psycopg.connect(PG_URL, autocommit=True) as conn:
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                drop_calls_table(conn, table)
                 conn.execute(f"DROP TABLE IF EXISTS {table}_stage")
 
 
