@@ -35,6 +35,7 @@ from llm_proxy.control.reports import drop_calls_table, ensure_rollup, money
 from llm_proxy.record import Record
 from llm_proxy.storage.postgres import PostgresSink
 from llm_proxy.storage.rows import row_values
+from llm_proxy.storage.schema import schema_for
 from llm_proxy.storage.sqlite import SqliteSink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +164,8 @@ def writer_cost(rows: int) -> None:
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 if rollup:
                     ensure_rollup(conn, table)
+                else:
+                    conn.execute(schema_for(table).encode())  # the table exists before the count
 
             def count() -> int:
                 with psycopg.connect(PG_URL) as c:
