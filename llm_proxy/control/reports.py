@@ -150,8 +150,12 @@ class Reports:
     def usage(self, query: UsageQuery) -> dict[str, Any]:
         """The usage API's answer for `query` (contract shape)."""
         rows = self._fetch(*self._usage_sql(query))
-        groups = [self._group(row, query.group_by) for row in rows if row["requests"]]
-        groups.sort(key=lambda g: (-Decimal(g["cost_usd"]), *(_sortable(g[f]) for f in query.group_by)))
+        dims = query.group_by
+        # Each cost is parsed once and the rows sorted before they become JSON groups: a report
+        # grouped by key and model can have tens of thousands of groups.
+        costed = [(_decimal(row["cost_usd"]), row) for row in rows if row["requests"]] if dims else []
+        costed.sort(key=lambda item: (-item[0], *(_sortable(item[1][f]) for f in dims)))
+        groups = [self._group(row, dims, cost) for cost, row in costed]
         totals: dict[str, Any] = {m: 0 for m in MEASURES}
         cost = Decimal(0)
         for row in rows:
@@ -166,7 +170,7 @@ class Reports:
             "totals": totals, "groups": groups if query.group_by else [],
         }
 
-    def _group(self, row: Mapping[str, Any], group_by: tuple[str, ...]) -> dict[str, Any]:
+    def _group(self, row: Mapping[str, Any], group_by: tuple[str, ...], cost: Decimal) -> dict[str, Any]:
         group: dict[str, Any] = {}
         for field in group_by:
             value = row[field]
@@ -179,7 +183,7 @@ class Reports:
                 value = int(value)
             group[field] = value
         for measure in MEASURES:
-            group[measure] = money(_decimal(row[measure])) if measure == "cost_usd" else int(row[measure] or 0)
+            group[measure] = money(cost) if measure == "cost_usd" else int(row[measure] or 0)
         return group
 
     def _usage_sql(self, query: UsageQuery) -> tuple[str, dict[str, Any]]:
