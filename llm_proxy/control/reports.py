@@ -32,6 +32,7 @@ from .params import Filters, RequestsQuery, UsageQuery
 logger = logging.getLogger(__name__)
 
 ROLLUP_SQL = Path(__file__).with_name("rollup_postgres.sql")
+REPORT_WORK_MEM = "64MB"  # per sort or hash of a report, on its own connection only
 _SCHEMA_LOCK = 0x6C6C6D70  # the writer's lock for applying DDL (storage/postgres.py)
 MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
             "reasoning_tokens", "cost_usd", "unpriced")
@@ -96,7 +97,9 @@ class Reports:
         if self.postgres:
             conn = psycopg.connect(
                 self.database.target, autocommit=True, connect_timeout=5, application_name="llm-proxy-reports",
-                options=f"-c statement_timeout={int(self.timeout * 1000)} -c TimeZone=UTC",
+                # work_mem: a report grouping tens of thousands of keys and models hashes in memory
+                # instead of sorting on disk (measured: 409 -> 290 ms for 400,000 rows).
+                options=f"-c statement_timeout={int(self.timeout * 1000)} -c TimeZone=UTC -c work_mem={REPORT_WORK_MEM}",
             )
             try:
                 if self._ensure:
