@@ -166,26 +166,14 @@ def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5
     import psycopg
 
     from llm_proxy.control.reports import ensure_rollup
+    from bench.reports import write_records
     from llm_proxy.storage.postgres import PostgresSink
-    from llm_proxy.storage.rows import row_values
 
     started = time.monotonic()
     with psycopg.connect(pg_url, autocommit=True, connect_timeout=5) as conn:
         if not ensure_rollup(conn, table):
             print("  (PostgreSQL older than 15: no hourly rollup, the reports read the rows)")
-    sink = PostgresSink(pg_url, table)
-    sink.connect()
-    try:
-        pending: list[Any] = []
-        for record in history(rows, days):
-            pending.append(row_values(record, body_max_bytes=None))
-            if len(pending) >= batch:
-                sink.write(pending)
-                pending = []
-        if pending:
-            sink.write(pending)
-    finally:
-        sink.close()
+    write_records(PostgresSink(pg_url, table), history(rows, days), batch)
     with psycopg.connect(pg_url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"VACUUM ANALYZE {table}")
         hourly = None

@@ -26,6 +26,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -79,18 +80,25 @@ def realistic_records(count: int, seed: int = 10) -> Any:
         )
 
 
+def write_records(sink: Any, records: Iterable[Record], batch: int = 5000) -> None:
+    """Store `records` through `sink` in batches (the writer's own row conversion)."""
+    sink.connect()
+    try:
+        pending: list[Any] = []
+        for record in records:
+            pending.append(row_values(record, body_max_bytes=None))
+            if len(pending) >= batch:
+                sink.write(pending)
+                pending = []
+        if pending:
+            sink.write(pending)
+    finally:
+        sink.close()
+
+
 def fill(sink: Any, rows: int, batch: int = 5000) -> float:
     started = time.monotonic()
-    sink.connect()
-    pending = []
-    for record in realistic_records(rows):
-        pending.append(row_values(record, body_max_bytes=None))
-        if len(pending) >= batch:
-            sink.write(pending)
-            pending = []
-    if pending:
-        sink.write(pending)
-    sink.close()
+    write_records(sink, realistic_records(rows), batch)
     return time.monotonic() - started
 
 
