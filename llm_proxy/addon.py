@@ -7,7 +7,6 @@ into mitmproxy: a metering failure costs a row, never a client's call.
 
 from __future__ import annotations
 
-import json
 import logging
 import weakref
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from .access import Access
 from .calls import Call, close_call, comment, fallback_record, open_call, unreadable_call
 from .config.pricing import PriceBook, load_pricing
 from .config.providers import ConfigError, Providers, load_providers
-from .errors import local_response
+from .errors import forbidden_host_response, local_response
 from .failures import FailureLog
 from .config.hostnames import is_provider_host
 from .keys.model import KeyRing
@@ -33,7 +32,6 @@ from .limits.limiter import Refusal
 from .option_values import reject_unknown, reject_unparsable
 from .paths import DEFAULT_PRICING, DEFAULT_PROVIDERS, default_db_url
 from .pricer import Pricer
-from .redact import mask_url
 from .record import Record
 from .config.models import Target
 from .rescue.breaker import Breakers
@@ -274,7 +272,7 @@ class LLMProxy:
         route = self.route_of(flow)
         if route is None:
             if self.only_providers and not reverse:
-                flow.response = _not_a_provider(request.host)
+                flow.response = forbidden_host_response(request.host)
             return
         try:
             refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
@@ -320,7 +318,7 @@ class LLMProxy:
             return
         request = flow.request
         if not is_provider_host(self.providers, request.host, request.port):
-            flow.response = _not_a_provider(request.host)
+            flow.response = forbidden_host_response(request.host)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self._calls.get(flow)
@@ -375,9 +373,3 @@ class LLMProxy:
         if self.writer is not None:
             self.writer.put(record)
 
-
-def _not_a_provider(host: str) -> http.Response:
-    message = (f"llm-proxy carries only calls to LLM providers (llm_only_providers is on); "
-               f"{mask_url(host)!r} is not a provider host in providers.toml")
-    return http.Response.make(403, json.dumps({"error": {"message": message, "type": "forbidden_host"}}),
-                              {"content-type": "application/json"})

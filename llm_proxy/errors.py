@@ -63,3 +63,10 @@ def local_response(
         {"content-type": "application/json", "x-llm-proxy": "local", **(headers or {})},
     )
 
+
+def forbidden_host_response(host: str) -> http.Response:
+    """403 for a regular-mode request to a host that is not a provider's (llm_only_providers)."""
+    message = (f"llm-proxy carries only calls to LLM providers (llm_only_providers is on); "
+               f"{host!r} is not a provider host in providers.toml")
+    return http.Response.make(403, json.dumps({"error": {"message": message, "type": "forbidden_host"}}),
+                              {"content-type": "application/json"})
