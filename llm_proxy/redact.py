@@ -121,7 +121,10 @@ def replace_credentials(request: http.Request, provider_format: str, real_key: s
     if b"?" in request.data.path:
         if "key" in request.query:
             request.query.pop("key")
-        request.path = without_key_params(request.path)
+        path = request.path
+        stripped = without_key_params(path)
+        if stripped != path:  # rewriting an unchanged path would re-encode it for nothing
+            request.path = stripped
 
 
 def without_key_params(path: str) -> str:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mitmproxy import optmanager
 from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons, tflow
@@ -132,3 +134,10 @@ def test_no_secret_in_the_log_when_the_request_hook_fails(tmp_path, monkeypatch,
     assert flow.response.status_code == 500
     assert "could not handle a call" in caplog.text
     assert "TOPSECRET" not in caplog.text
+
+
+@given(st.text(max_size=80))
+def test_canonical_host_takes_any_text(host: str) -> None:
+    """Hosts come from clients: unicode digits, lone surrogates, brackets, percent signs."""
+    assert isinstance(canonical_host(host), str)
+    assert isinstance(canonical_host_port(host), tuple)
