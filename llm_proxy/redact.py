@@ -24,7 +24,8 @@ _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 # gateways use. Matched after percent-decoding and case-folding, as a server would read them.
 SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
 MASK = "***"
-_PARAM_SEPARATOR = re.compile(r"(&|;|%3[Bb])")
+# A second "?" separates too for servers that split on it, so "?x?key=" hides a key as well.
+_PARAM_SEPARATOR = re.compile(r"(&|;|\?|%3[Bb])")
 
 
 def client_key(request: http.Request) -> str | None:

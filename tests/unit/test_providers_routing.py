@@ -327,6 +327,7 @@ def test_fingerprint_is_stable_and_hides_the_key(key, fp):
     ("/p?%4B%45%59=SECRET&x=1", "/p?%4B%45%59=***&x=1"),
     ("/p?api%5Fkey=SECRET", "/p?api%5Fkey=***"),
     ("/p?a=1;key=SECRET", "/p?a=1;key=***"),  # many servers split on ";" too
+    ("/-?\x19?%6B%65y=SECRET&&=", "/-?\x19?%6B%65y=***&&="),  # and on a second "?" (found by the fuzz layer)
     ("/v1/chat/completions", "/v1/chat/completions"),
 ])
 def test_mask_url(url, masked):
