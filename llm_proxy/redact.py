@@ -25,7 +25,8 @@ _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
 MASK = "***"
 # A second "?" separates too for servers that split on it, so "?x?key=" hides a key as well.
-_PARAM_SEPARATOR = re.compile(r"(&|;|\?|%3[Bb])")
+# A request path has no fragment: mitmproxy reads "?#&key=" as a key, so "#" separates as well.
+_PARAM_SEPARATOR = re.compile(r"(&|;|\?|#|%3[Bb])")
 
 
 def client_key(request: http.Request) -> str | None:
@@ -71,7 +72,6 @@ def mask_url(url: str) -> str:
     head, sep, query = url.partition("?")
     if not sep:
         return url
-    query, hash_sep, fragment = query.partition("#")
     # `;` separates parameters for many servers, though not for mitmproxy, which writes it
     # back as %3B when it rewrites a query: split on all three.
     parts = _PARAM_SEPARATOR.split(query)
@@ -83,7 +83,7 @@ def mask_url(url: str) -> str:
             changed = True
     if not changed:
         return url
-    return f"{head}?{''.join(parts)}{hash_sep}{fragment}"
+    return f"{head}?{''.join(parts)}"
 
 
 def _is_secret_param(name: str) -> bool:
