@@ -189,3 +189,37 @@ def test_keys_file_after_the_action(tmp_path: Path, capsys: pytest.CaptureFixtur
     # the value after the action wins over one before it
     assert main(["keys", "--keys-file", str(tmp_path / "other.toml"), "delete", "bob", "--keys-file", str(kf)]) == 0
     assert kf.read_text() != before and not (tmp_path / "other.toml").exists()
+
+
+# --- the relay's backstop: no target could ever serve ----------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+
+def _relay_answer(failure) -> bytes:
+    from llm_proxy.rescue.breaker import Breakers
+    from llm_proxy.rescue.relay import Relay, RelayJob
+    relay = Relay(lambda: PROVIDERS, lambda: {}, Breakers())
+    job = RelayJob(Plan((Target("anthropic"),), 0), apis.OPENAI_CHAT, "claude-x", OPENAI, "https://x/v1")
+    writer = _Writer()
+    asyncio.run(relay._answer_failure(job, failure, writer))  # type: ignore[arg-type]
+    return writer.data
+
+
+def test_relay_answers_an_unservable_last_failure_400_or_401_and_real_failures_502() -> None:
+    from llm_proxy.rescue.attempts import Failure
+    missing = _relay_answer(Failure(False, "no key for provider 'anthropic': set ANTHROPIC_API_KEY where the proxy "
+                                           "runs", unservable=401))
+    assert missing.startswith(b"HTTP/1.1 401 ") and b"llm-proxy cannot serve this call: no key" in missing
+    assert _relay_answer(Failure(False, "provider 'x' cannot serve", unservable=400)).startswith(b"HTTP/1.1 400 ")
+    assert _relay_answer(Failure(True, "connection refused", connection=True)).startswith(b"HTTP/1.1 502 ")
+    assert _relay_answer(Failure(True, "timeout: no output in 60s")).startswith(b"HTTP/1.1 504 ")
