@@ -32,9 +32,10 @@ def pass_on(access: Access, request: http.Request, route: Route) -> Refusal | No
                                  datetime.now(UTC))
         if refusal is not None:
             return refusal
+    if route.upstream_url is not None:
+        request.url = route.upstream_url  # first: the URL carries the query, `key=` included
+    if access.keys_required:
         provider = route.provider
         listing = model_listing(request.method, split_query(request.path)[0])
         replace_credentials(request, provider.format, access.provider_keys.get(provider.name) if listing else None)
-    if route.upstream_url is not None:
-        request.url = route.upstream_url
     return None

@@ -101,7 +101,7 @@ class Outcome:
     rows: int
     notes: list[str] = field(default_factory=list)
     model_call: bool = True  # the path names a known API shape (only those get rows)
-    sent: tuple[bytes, bytes | None, list[tuple[bytes, bytes]]] | None = None  # method, body, headers sent on
+    sent: tuple[bytes, bytes | None, list[tuple[bytes, bytes]], str] | None = None  # method, body, headers, url
 
 
 class InProcess:
@@ -219,7 +219,8 @@ class InProcess:
         model_call = apis.api_for_path(flow.request.path.partition("?")[0]) != apis.OTHER
         puts_before = self.puts
         self.loop.run_until_complete(self.addon.request(flow))
-        sent = (flow.request.data.method, flow.request.raw_content, list(flow.request.headers.fields))
+        sent = (flow.request.data.method, flow.request.raw_content, list(flow.request.headers.fields),
+                flow.request.url)
         call = self.addon._calls.get(flow)
         health = flow.request.path.startswith("/_llm/")
         local = flow.response is not None

@@ -25,7 +25,8 @@ from .strategies import SECRET, Answer, Delivery, header_value, random_path_byte
 NOISE = [b"/anthropic", b"/anthropic/", b"/api/event_logging/v2/batch", b"/api/claude_code/settings",
          b"/api/claude_code/policy_limits", b"/api/claude_cli/bootstrap", b"/mcp-registry/v0/servers?limit=100",
          b"/anthropic/api/event_logging/v2/batch", b"/openai/v1/files", b"/v1/batches", b"/v1/models",
-         b"/gemini/v1beta/models/gemini-2.5-flash:countTokens", b"/ollama/api/tags", b"/v1/responses/resp_1"]
+         b"/gemini/v1beta/models/gemini-2.5-flash:countTokens", b"/ollama/api/tags", b"/v1/responses/resp_1",
+         b"/gemini/v1beta/files?key=" + SECRET.encode() + b"&pageSize=5", b"/v1/models?key=" + SECRET.encode()]
 _PATH = st.one_of(st.sampled_from(NOISE), random_path_bytes.map(lambda b: b"/" + b),
                   st.tuples(st.sampled_from(NOISE), random_path_bytes).map(lambda t: t[0] + b"/" + t[1]))
 _METHOD = st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"DELETE"])
@@ -66,7 +67,7 @@ def test_non_model_path_passes_unchanged_and_leaves_no_row(passthrough: InProces
     assert outcome.rows == 0 and not outcome.model_call
     assert not outcome.local, "passthrough: a non-model call is never answered by the proxy"
     assert outcome.sent is not None
-    method, body, headers = outcome.sent
+    method, body, headers, _ = outcome.sent
     assert method == case.method
     assert body == case.body
     # Host is the one header that changes: a path prefix moves the call to its provider's host.
@@ -79,11 +80,12 @@ def test_non_model_path_passes_unchanged_and_leaves_no_row(passthrough: InProces
 def test_non_model_path_in_keys_mode_needs_a_key_and_never_gets_the_real_one(keyed: InProcess, case: Case) -> None:
     outcome = keyed.run(case)
     assert outcome.rows == 0
-    presented = any(name == b"x-api-key" for name, _ in case.headers)
+    presented = any(name == b"x-api-key" for name, _ in case.headers) or b"key=" + SECRET.encode() in case.path
     assert outcome.local is not presented, "keys mode: refused locally exactly when no virtual key is presented"
     if outcome.sent is not None:
-        method, body, headers = outcome.sent
+        method, body, headers, url = outcome.sent
         assert (method, body) == (case.method, case.body)
+        assert SECRET not in url, f"the virtual key went upstream in the URL: {url}"
         credentials = [v for n, v in headers if n.lower() in (b"authorization", b"x-api-key", b"api-key",
                                                                 b"x-goog-api-key")]
         listing = case.method == b"GET" and case.path.partition(b"?")[0].rstrip(b"/").endswith(b"/models")

@@ -223,3 +223,10 @@ def test_relay_answers_an_unservable_last_failure_400_or_401_and_real_failures_5
     assert _relay_answer(Failure(False, "provider 'x' cannot serve", unservable=400)).startswith(b"HTTP/1.1 400 ")
     assert _relay_answer(Failure(True, "connection refused", connection=True)).startswith(b"HTTP/1.1 502 ")
     assert _relay_answer(Failure(True, "timeout: no output in 60s")).startswith(b"HTTP/1.1 504 ")
+
+
+def test_keys_mode_passage_drops_a_virtual_key_in_the_query_of_a_prefixed_path() -> None:
+    flow = make_flow(f"/gemini/v1beta/files?key={ALICE}&pageSize=5", method="GET")
+    assert pass_on(keyed_access(), flow.request, _route(flow.request.path)) is None
+    assert ALICE not in flow.request.url and "x-goog-api-key" not in flow.request.headers
+    assert flow.request.url == "https://generativelanguage.googleapis.com/v1beta/files?pageSize=5"
