@@ -12,6 +12,7 @@ leave no row.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sqlite3
@@ -28,9 +29,12 @@ import httpx
 import openai
 import pytest
 
+from tests.fakes.process import LISTENING, Service
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import REPO, Proxy, ProxyFactory, Rows, drop_table, new_key, openai_client
+from llm_proxy.cli import main as cli
+
+from .conftest import REPO, Proxy, ProxyFactory, Rows, drop_table, new_key, openai_client, write_providers
 
 TRANSCRIPT = json.loads((Path(__file__).parent / "transcripts" / "claude_code_session.json").read_text())
 MILLION = Decimal(1_000_000)
@@ -126,6 +130,40 @@ def test_claude_code_session_regular_mode(tmp_path: Path, pg_url: str, start_pro
         finally:
             proxy.stop()
             drop_table(pg_url, table)
+
+
+def test_claude_code_session_keys_mode(tmp_path: Path, upstream: FakeUpstream, pg_url: str,
+                                       start_proxy: ProxyFactory) -> None:
+    """Virtual keys: model calls get the real key; the noise needs the virtual key, goes on with no key at all."""
+    keys_file, table = tmp_path / "keys.toml", "llmp_test_agents_" + os.urandom(4).hex()
+    real = "sk-ant-real-" + os.urandom(6).hex()
+    providers = write_providers(tmp_path / "p.toml", upstream.url)
+    providers.write_text(providers.read_text().replace(
+        'format = "anthropic"\n', 'format = "anthropic"\napi_key_env = "LLMP_AGENTS_ANTHROPIC"\n'))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["keys", "create", "claude-code", "--keys-file", str(keys_file)]) == 0
+    secret = out.getvalue().strip()
+    proxy = start_proxy(["--mode", f"reverse:{upstream.url}@0", "--set", f"llm_providers={providers}",
+                         "--set", f"llm_keys={keys_file}", "--set", f"llm_db={pg_url}", "--set", f"llm_table={table}"],
+                        env={"LLMP_AGENTS_ANTHROPIC": real})
+    try:
+        with httpx.Client(timeout=30) as client:
+            refused = client.get(f"{proxy.url}/anthropic/api/claude_code/settings", headers={"x-api-key": "llmp-x"})
+            assert refused.status_code == 401 and refused.json()["type"] == "error"  # Anthropic's shape
+            upstream.clear()
+            replies = replay_claude_code(f"{proxy.url}/anthropic", secret, client)
+        steps = TRANSCRIPT["requests"]
+        assert all(r.status_code == 200 for s, r in zip(steps, replies) if s["model_call"])
+        found = Rows(pg_url, table).wait_for("key_id = %s", ("claude-code",), sum(s["model_call"] for s in steps))
+        assert [r["model"] for r in found] == [s["body"]["model"] for s in steps if s["model_call"]]
+        assert len(upstream.requests) == len(steps)
+        for step, got in zip(steps, upstream.requests):
+            assert secret not in json.dumps(got.headers)  # the virtual key never reaches the provider
+            assert got.headers.get("x-api-key") == (real if step["model_call"] else None), step["note"]
+    finally:
+        proxy.stop()
+        drop_table(pg_url, table)
 
 
 # --- the README's recipes, with the clients' own environment variables -------------------------------------
@@ -250,7 +288,6 @@ def _count(db: Path) -> int:
 
 def test_demo_gives_priced_rows_with_no_key(tmp_path: Path) -> None:
     """scripts/proxy --demo: the README's client lines, priced rows, /anthropic to the fake."""
-    from tests.fakes.process import LISTENING, Service
     demo = Service("demo", [str(REPO / "scripts" / "proxy"), "--demo", "--port", "0", "--set",
                             f"confdir={tmp_path / 'conf'}", "--listen-host", "127.0.0.1"],
                    LISTENING, {"LLM_PROXY_HOME": str(tmp_path / "home"), "LLM_PROXY_VENV": sys.prefix})
