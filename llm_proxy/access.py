@@ -25,6 +25,8 @@ from .limits.budget import SpendBook
 from .limits.gate import FULL, Gate
 from .limits.limiter import Limiter, Refusal
 from .redact import replace_credentials
+from .routing import split_query
+from .scope.filter import may_carry_real_key
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +136,11 @@ class Access:
         real = self.provider_keys.get(provider.name)
         if provider.api_key_env and real is None:
             self.release(call)
-            return Refusal(500, f"llm-proxy has no key for provider {provider.name!r}: "
+            # The operator's error, which no retry mends: a 401 (never a 5xx an SDK would retry).
+            return Refusal(401, f"llm-proxy has no key for provider {provider.name!r}: "
                                 f"set {provider.api_key_env} where the proxy runs", "provider_key_missing")
+        if not may_carry_real_key(call.route.api, request.method, split_query(request.path)[0]):
+            real = None  # llm_record=all: a non-model path is recorded, but never sent with the real key
         replace_credentials(request, provider.format, real)
         return None
 

@@ -36,6 +36,9 @@ from .record import Record
 from .config.models import Target
 from .rescue.breaker import Breakers
 from .rescue.relay import Relay, RelayJob
+from .rescue.servable import unservable
+from .scope.filter import is_model_call
+from .scope.passage import pass_on
 from .routing import Route, Router
 from .storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from .storage.postgres import PostgresSink
@@ -67,6 +70,7 @@ class LLMProxy:
         self.access = Access()
         self.log_bodies = True
         self.only_providers = False
+        self.record_all = False  # llm_record=all (set by the scope addon): rows for non-model calls too
         self.keys_watcher: KeysWatcher | None = None
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
@@ -190,7 +194,7 @@ class LLMProxy:
         missing = sorted(p.name for p in self.providers.by_name.values()
                          if p.api_key_env and p.name not in self.access.provider_keys)
         if missing:
-            logger.warning("llm-proxy: no real key in the environment for %s; their calls will get a 500",
+            logger.warning("llm-proxy: no real key in the environment for %s; their calls will get a 401",
                            ", ".join(missing))
         self.keys_watcher = KeysWatcher(path, self.access.use_keys)
         self.keys_watcher.start()
@@ -274,6 +278,12 @@ class LLMProxy:
             if self.only_providers and not reverse:
                 flow.response = forbidden_host_response(request.host)
             return
+        if not self.record_all and not is_model_call(route.api):
+            refusal = pass_on(self.access, request, route)  # not a model call: no row, no body kept
+            if refusal is not None:
+                flow.response = local_response(route.api, route.provider.format, refusal.status, refusal.message,
+                                               code=refusal.code, headers=refusal.headers)
+            return
         try:
             refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
         except Exception as e:
@@ -306,7 +316,12 @@ class LLMProxy:
         if isinstance(plan, str):
             return Refusal(400, plan, "model_not_found")
         refusal = await self.access.admit(flow, call)
-        if refusal is None and (plan.rescues or plan.targets[0] != Target(route.provider.name)):
+        if refusal is None and is_model_call(route.api) and (
+                plan.rescues or plan.targets[0] != Target(route.provider.name)):
+            blocked = unservable(plan, route.api, route.provider, self.providers, self.access.provider_keys,
+                                 call.model)
+            if blocked is not None:  # every target would fail: the client's or the operator's error
+                return Refusal(blocked.status, blocked.message, blocked.code)
             # Another provider, another format or a second chance: the relay runs the attempts.
             self.relay.jobs[flow.id] = RelayJob(plan, route.api, call.model, route.provider, flow.request.url)
             flow.request.url = self.relay.url_for(flow.id)

@@ -176,6 +176,7 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
         error = f"{error}; {flow.error.msg}" if error else flow.error.msg
     if interrupted:
         error = f"{error}; {interrupted}" if error else interrupted
+    api_known = call.route.api != apis.OTHER  # a non-model call's bodies are never kept (llm_record=all)
     ended = response.timestamp_end if response is not None and response.timestamp_end else now
     record = Record(
         request_id=flow.id,
@@ -199,8 +200,8 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens,
-        request_body=call.request_body if log_bodies else None,
-        response_body=body if log_bodies else None,
+        request_body=call.request_body if log_bodies and api_known else None,
+        response_body=body if log_bodies and api_known else None,
         client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else None,
     )
     return record, Outcome(usage, response_model)

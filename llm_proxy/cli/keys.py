@@ -112,12 +112,23 @@ def _cell(value: object) -> str:
     return ",".join(value) if isinstance(value, list) else str(value)
 
 
+_KEYS_FILE_HELP = "keys file (default: $LLM_PROXY_KEYS, else ./keys.toml)"
+
+
+class _ActionParser(argparse.ArgumentParser):
+    """A `keys ACTION` parser that also takes `--keys-file` after the action
+    (`keys create NAME --keys-file F` as well as `keys --keys-file F create NAME`).
+    Its default is SUPPRESS, so a value given before the action is kept when none follows."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--keys-file", metavar="PATH", default=argparse.SUPPRESS, help=_KEYS_FILE_HELP)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="virtual keys (keys.toml)")
-    keys.add_argument(
-        "--keys-file", metavar="PATH", help="keys file (default: $LLM_PROXY_KEYS, else ./keys.toml)"
-    )
-    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keys.add_argument("--keys-file", metavar="PATH", help=_KEYS_FILE_HELP)
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_ActionParser)
 
     p = actions.add_parser("create", help="create a key and print its secret once")
     p.add_argument("name")

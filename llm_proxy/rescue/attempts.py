@@ -82,6 +82,7 @@ class Failure:
     reply: Reply | None = None  # the HTTP answer, when there was one
     connection: bool = False
     retry_after: float | None = None
+    unservable: int | None = None  # the configuration can never serve it: the 400/401 to answer
 
 
 def carries_output(api: str, name: str | None, obj: Any) -> bool:

@@ -113,6 +113,31 @@ def _auth(target_api: str, real_key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {real_key}"}
 
 
+def missing_key_reason(provider: Provider) -> str:
+    """Why a call cannot go to `provider` when the proxy holds no key for it (a 401)."""
+    return f"no key for provider {provider.name!r}: set {provider.api_key_env} where the proxy runs"
+
+
+def shape_reason(provider: Provider, client_api: str) -> str:
+    """Why `provider` can never serve a call of this API shape (a 400)."""
+    return f"provider {provider.name!r} ({provider.format}) cannot serve a {client_api} call"
+
+
+def serves_shape(provider: Provider, client_api: str) -> bool:
+    """Whether `build_request` can send a `client_api` call to `provider` at all (the same
+    branches, without building anything: the request hook asks this of every planned target)."""
+    if client_api in _OPENAI_SUFFIX:
+        return provider.openai_base is not None or (
+            client_api == apis.OPENAI_CHAT and provider.format == "anthropic")
+    if client_api == apis.ANTHROPIC_MESSAGES:
+        return provider.format == "anthropic" or provider.openai_base is not None
+    if client_api == apis.GEMINI_GENERATE:
+        return provider.format == "gemini"
+    if client_api in (apis.OLLAMA_CHAT, apis.OLLAMA_GENERATE, apis.OLLAMA_EMBED):
+        return provider.format == "ollama"
+    return False
+
+
 def build_request(
     *,
     client_api: str,
@@ -136,7 +161,7 @@ def build_request(
     model = target.model or requested_model
     same_provider = provider.name == primary.name
     if not same_provider and not real_key and provider.api_key_env:
-        return f"no key for provider {provider.name!r}: set {provider.api_key_env} where the proxy runs"
+        return missing_key_reason(provider)
     target_api, translation, url = client_api, None, None
     new_body = dict(body) if isinstance(body, dict) else body
     params = dict(query) if same_provider else {k: v for k, v in query.items() if k != "key"}
@@ -159,7 +184,7 @@ def build_request(
     elif client_api in (apis.OLLAMA_CHAT, apis.OLLAMA_GENERATE, apis.OLLAMA_EMBED) and provider.format == "ollama":
         url = provider.base_url + path[path.index("/api/"):]
     if url is None:
-        return f"provider {provider.name!r} ({provider.format}) cannot serve a {client_api} call"
+        return shape_reason(provider, client_api)
     if translation is None and isinstance(new_body, dict) and "model" in new_body and model:
         new_body["model"] = model
     out_headers = forward_headers(headers, same_provider=same_provider, same_format=translation is None)

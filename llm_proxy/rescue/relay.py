@@ -154,7 +154,8 @@ class Relay:
                 result = await self._try_target(job, target, headers, body, writer)
                 if result is None:
                     return
-                last = result
+                if last is None or result.unservable is None or last.unservable is not None:
+                    last = result  # a real upstream failure outranks a target that could never serve
             if any(a.error != "circuit open: skipped" for a in job.attempts):
                 break
         await self._answer_failure(job, last, writer)
@@ -165,7 +166,7 @@ class Relay:
         provider = self.providers().get(target.provider)
         if provider is None:
             job.attempts.append(Attempt(target.provider, target.model, error="unknown provider"))
-            return Failure(False, "unknown provider")
+            return Failure(False, f"provider {target.provider!r} is not in providers.toml", unservable=400)
         up = build_request(
             client_api=job.client_api, method="POST", path=httpx.URL(job.primary_url).path,
             query=dict(httpx.URL(job.primary_url).params), headers=headers, body=body, target=target, provider=provider,
@@ -173,7 +174,7 @@ class Relay:
         )
         if isinstance(up, str):
             job.attempts.append(Attempt(target.provider, target.model, error=up))
-            return Failure(False, up)
+            return Failure(False, up, unservable=401 if up.startswith("no key") else 400)
         primary = job.plan.targets[0]
         if provider.name == job.primary.name == primary.provider and target.model == (
                 primary.model or job.requested_model) and not primary.model:
@@ -241,8 +242,14 @@ class Relay:
             return
         reason = failure.error if failure else "no target could take the call"
         shape = family(job.client_api, job.primary.format)
-        status = 504 if reason.startswith("timeout") else 502
-        body = json.dumps(error_body(shape, status, f"llm-proxy: every target failed; last: {reason}")).encode()
+        if failure is not None and failure.unservable is not None:
+            # No target could ever take it (the request hook refuses most such calls up front):
+            # the client's or the operator's error, which a retry would not mend.
+            status, message = failure.unservable, f"llm-proxy cannot serve this call: {reason}"
+        else:
+            status = 504 if reason.startswith("timeout") else 502
+            message = f"llm-proxy: every target failed; last: {reason}"
+        body = json.dumps(error_body(shape, status, message)).encode()
         await _respond(writer, status, {"content-type": "application/json"}, body)
 
 

@@ -366,6 +366,10 @@ class FakeUpstream:
             self.requests.append(RecordedRequest(raw.method, split.path, query, raw.headers, raw.body, parsed))
         api, gemini_model = route(split.path)
         family, keep = api.family, raw.keep_alive
+        if raw.method == "HEAD":  # a reachability probe (Claude Code sends HEAD /anthropic): headers only
+            writer.write(_head(200, self._common_headers("application/json", rid, keep) + [("content-length", "0")]))
+            await writer.drain()
+            return keep
         try:
             scenario = Scenario.parse(raw.headers.get("x-fake-scenario") or query.get("fake_scenario"))
         except ScenarioError as exc:

@@ -36,6 +36,7 @@ from mitmproxy.http import Headers
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
+from llm_proxy import apis
 from llm_proxy.addon import LLMProxy
 from llm_proxy.config.providers import load_providers
 from llm_proxy.keys.model import KeyRing, VirtualKey, hash_secret
@@ -99,6 +100,8 @@ class Outcome:
     row: dict[str, Any] | None
     rows: int
     notes: list[str] = field(default_factory=list)
+    model_call: bool = True  # the path names a known API shape (only those get rows)
+    sent: tuple[bytes, bytes | None, list[tuple[bytes, bytes]], str] | None = None  # method, body, headers, url
 
 
 class InProcess:
@@ -213,8 +216,11 @@ class InProcess:
         self.revive_writer()
         self.capture.lines.clear()
         flow = self.make_flow(case)
+        model_call = apis.api_for_path(flow.request.path.partition("?")[0]) != apis.OTHER
         puts_before = self.puts
         self.loop.run_until_complete(self.addon.request(flow))
+        sent = (flow.request.data.method, flow.request.raw_content, list(flow.request.headers.fields),
+                flow.request.url)
         call = self.addon._calls.get(flow)
         health = flow.request.path.startswith("/_llm/")
         local = flow.response is not None
@@ -258,7 +264,8 @@ class InProcess:
         handed = self.puts - puts_before
         rows = self._wait_for_rows(flow.id, handed)
         return Outcome(local=local or health, client_bytes=client_bytes, strip=strip,
-                       row=rows[0] if rows else None, rows=len(rows), notes=notes)
+                       row=rows[0] if rows else None, rows=len(rows), notes=notes, model_call=model_call,
+                       sent=None if local else sent)
 
     def _wait_for_rows(self, request_id: str, handed: int) -> list[dict[str, Any]]:
         writer = self.addon.writer
@@ -311,7 +318,7 @@ class InProcess:
         assert writer is not None
         if not writer._thread.is_alive():
             problems[WriterDied].append("writer thread died")
-        expected_rows = 0 if case.path.startswith(b"/_llm/") else 1
+        expected_rows = 0 if case.path.startswith(b"/_llm/") or not outcome.model_call else 1
         if outcome.rows != expected_rows:
             problems[RowCount].append(f"expected {expected_rows} row(s) for this call, found {outcome.rows} "
                                       f"(writer: {writer.stats})")

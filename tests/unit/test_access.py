@@ -233,11 +233,11 @@ def test_provider_without_api_key_env_gets_no_key():
     assert call.key_id == "alice"
 
 
-def test_provider_key_missing_is_a_500_and_releases():
+def test_provider_key_missing_is_a_401_and_releases():
     acc = keyed_access(provider_keys={"anthropic": "sk-ant-real"})
     flow, call = opened("/openai/v1/chat/completions", CHAT, {"authorization": f"Bearer {ALICE}"})
     assert admit(acc, flow, call) == Refusal(
-        500, "llm-proxy has no key for provider 'openai': set OPENAI_API_KEY where the proxy runs",
+        401, "llm-proxy has no key for provider 'openai': set OPENAI_API_KEY where the proxy runs",
         "provider_key_missing")
     assert acc.limiter.in_flight("alice") == 0
     assert call.holds_key is False

@@ -1,0 +1,1 @@
+"""Which provider calls become rows: model calls only, unless `llm_record=all`."""
