@@ -45,6 +45,7 @@ from .storage.journal import Journal, journal_dir
 from .storage.writer import Writer
 from .stream.meter import StreamMeter, decoder_for
 from .usage import stream_parser
+from .websocket.upgrade import is_upgrade
 
 logger = logging.getLogger(__name__)
 failures = FailureLog(logger)
@@ -274,6 +275,8 @@ class LLMProxy:
             if self.only_providers and not reverse:
                 flow.response = forbidden_host_response(request.host)
             return
+        if is_upgrade(request):
+            return  # a WebSocket: llm_proxy.websocket checks its key, its calls are its messages
         try:
             refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
         except Exception as e:
@@ -364,6 +367,13 @@ class LLMProxy:
                             context=f"{flow.request.method} {flow.request.path}")
             record = fallback_record(flow, call, f"llm-proxy could not read this call's answer ({type(e).__name__}); "
                                                  "tokens and cost unknown")
+        self.deliver(call, record)
+
+    def deliver(self, call: Call, record: Record) -> None:
+        """A finished call's row: its slots back, its listeners told, the row to the writer.
+
+        Also the end of every WebSocket turn (llm_proxy.websocket), which has no flow of its own.
+        """
         self.access.finished(call, record.total_tokens)
         for listener in self.record_listeners:
             try:
