@@ -42,6 +42,9 @@ class Handshake:
 
 @dataclass
 class FakeWsUpstream:
+    # A recorded exchange to replay instead of made-up answers: the Nth response.create on a
+    # connection gets script[N], a list of server messages, each a list of frames.
+    script: list[list[list[str]]] | None = None
     handshakes: list[Handshake] = field(default_factory=list)
     received: list[str | bytes] = field(default_factory=list)  # every client message, in order
 
@@ -95,6 +98,7 @@ class FakeWsUpstream:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        creates = 0
         try:
             async for message in ws:
                 self.received.append(message)
@@ -103,7 +107,10 @@ class FakeWsUpstream:
                     await ws.send(_error(400, "invalid_request_error", "unknown_event",
                                          "the message is not a client event this server knows"))
                     continue
-                if not await _answer(ws, event):
+                creates += 1
+                if self.script is not None:
+                    await _replay(ws, self.script[(creates - 1) % len(self.script)])
+                elif not await _answer(ws, event):
                     return
         except Exception:  # a test that cut the connection: nothing to clean up
             return
@@ -122,6 +129,12 @@ def _error(status: int, kind: str, code: str, message: str, stream_id: str | Non
     if stream_id:
         event["stream_id"] = stream_id
     return json.dumps(event)
+
+
+async def _replay(ws: ServerConnection, messages: list[list[str]]) -> None:
+    for frames in messages:
+        await ws.send(frames if len(frames) > 1 else frames[0])
+        await asyncio.sleep(0.002)
 
 
 def _scenario(event: dict[str, Any]) -> dict[str, Any]:
