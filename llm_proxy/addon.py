@@ -45,7 +45,7 @@ from .storage.journal import Journal, journal_dir
 from .storage.writer import Writer
 from .stream.meter import StreamMeter, decoder_for
 from .usage import stream_parser
-from .websocket.upgrade import is_upgrade
+from .websocket.upgrade import CLAIMED as WEBSOCKET
 
 logger = logging.getLogger(__name__)
 failures = FailureLog(logger)
@@ -275,8 +275,8 @@ class LLMProxy:
             if self.only_providers and not reverse:
                 flow.response = forbidden_host_response(request.host)
             return
-        if is_upgrade(request):
-            return  # a WebSocket: llm_proxy.websocket checks its key, its calls are its messages
+        if WEBSOCKET in flow.metadata:
+            return  # a WebSocket upgrade llm_proxy.websocket took: it checked the key, its calls are its messages
         try:
             refusal = await self._admit(flow, route, by_model=reverse and route.upstream_url is None)
         except Exception as e:

@@ -33,7 +33,7 @@ from ..redact import mask_url
 from ..routing import Route
 from .records import Socket, error_event, refused_record, turn_record
 from .turns import Pairing, Turn, read_client_message
-from .upgrade import Credential, admit_socket, is_upgrade, ws_url
+from .upgrade import CLAIMED, Credential, admit_socket, is_upgrade, ws_url
 
 if TYPE_CHECKING:
     from ..addon import LLMProxy
@@ -78,6 +78,7 @@ class ResponsesWebSocket:
             failures.failed("llm-proxy could not check a WebSocket upgrade", e, context=path)
             credential, refusal = Credential(None, None), Refusal(
                 500, "llm-proxy could not handle this call; its log says why", "internal_error")
+        flow.metadata[CLAIMED] = True
         if refusal is not None:
             logger.info("llm-proxy refused a WebSocket upgrade to %s: %s", path, refusal.message)
             flow.response = local_response(route.api, route.provider.format, refusal.status, refusal.message,

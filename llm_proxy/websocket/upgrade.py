@@ -22,6 +22,11 @@ from ..redact import client_key, fingerprint_of, replace_credentials
 from ..routing import Route
 
 
+# flow.metadata key: this upgrade's key was checked here, so the metering addon leaves it alone.
+# (Without this package loaded, an upgrade is an ordinary request to the metering addon.)
+CLAIMED = "llm_proxy.websocket"
+
+
 def is_upgrade(request: http.Request) -> bool:
     """A WebSocket opening handshake (RFC 6455: GET with `Upgrade: websocket`)."""
     if request.method != "GET":

@@ -102,6 +102,17 @@ def test_two_creates_on_one_socket_are_two_exact_rows(ws_proxy: Proxy, ws_upstre
     assert two["response_body"]["id"] == second[-1].response.id
 
 
+def test_a_provider_path_prefix_routes_the_socket(ws_proxy: Proxy, ws_upstream: FakeWsUpstream, rows: Rows) -> None:
+    key = new_key()
+    named = openai.OpenAI(base_url=f"{ws_proxy.url}/openai/v1", api_key=key, max_retries=0)
+    with named.responses.connect() as conn:
+        assert turn(conn, model="gpt-5", input="hi", metadata=fake(output=3))[-1].type == "response.completed"
+    (row,) = rows.wait(key)
+    assert (row["path"], row["provider"], row["output_tokens"]) == ("/openai/v1/responses", "openai", 3)
+    assert row["upstream_url"] == f"ws://127.0.0.1:{ws_upstream.port}/v1/responses"
+    assert ws_upstream.handshakes[-1].path == "/v1/responses"
+
+
 def test_upstream_cut_mid_response_is_an_interrupted_row(ws_proxy: Proxy, rows: Rows) -> None:
     key = new_key()
     with client(ws_proxy, key).responses.connect() as conn:
@@ -242,3 +253,26 @@ def test_codex_transcript_replayed_rows_exact(start_proxy: ProxyFactory, tmp_pat
     assert (found[0]["input_tokens"], found[1]["cached_tokens"]) == (11234, 11008)
     assert found[0]["cost_usd"] == Decimal("0.0181625")  # (11234 * 1.25 + 412 * 10) / 1e6
     assert len(found[0]["request_body"]["tools"]) == 5 and found[1]["request_body"]["previous_response_id"]
+
+
+def test_regular_mode_meters_a_socket_through_the_proxy_env(start_proxy: ProxyFactory, tmp_path: Path, pg_url: str,
+                                                            rows: Rows, ws_upstream: FakeWsUpstream,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTPS_PROXY client (websockets tunnels through CONNECT): the provider host's socket is metered."""
+    providers = write_providers(tmp_path / "providers.toml", ws_upstream.url)
+    proxy = start_proxy(["--mode", "regular@0", "--set", f"llm_providers={providers}", "--set", f"llm_db={pg_url}",
+                         "--set", f"llm_table={rows.table}"])
+    proxy.wait_for_log("llm-proxy writing rows to")
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    key = new_key()
+    direct = openai.OpenAI(base_url=f"{ws_upstream.url}/v1", api_key=key, max_retries=0)
+    with direct.responses.connect() as conn:
+        events = turn(conn, model="gpt-5", input="hi", metadata=fake(input=2000, cached=1000, output=500))
+    assert events[-1].type == "response.completed"
+    (row,) = rows.wait(key)
+    assert (row["method"], row["status"], row["input_tokens"], row["cost_usd"]) == ("WS", 200, 2000,
+                                                                                    Decimal("0.006375"))
+    assert row["upstream_url"] == f"ws://127.0.0.1:{ws_upstream.port}/v1/responses"
