@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, http
+from mitmproxy.websocket import WebSocketMessage
 
 from .. import apis
 from ..calls import Call, comment
@@ -90,7 +91,17 @@ class ResponsesWebSocket:
             return  # another WebSocket API (Realtime, ...): its key is checked, its messages not metered
         peer = flow.client_conn.peername
         socket = Socket(flow.id, path, None, peer[0] if peer else None)
-        self._sessions[flow] = Session(route, credential, socket, Pairing())
+        session = Session(route, credential, socket, Pairing())
+        session.pairing.successor = lambda now: self._successor(session, now)
+        self._sessions[flow] = session
+
+    @staticmethod
+    def _successor(session: Session, now: float) -> Turn:
+        """The turn of a response the server started by itself (metered; nothing to admit or refuse)."""
+        call = Call(route=session.route, model=None, streaming=True, strip_usage_chunk=False, request_body=None,
+                    key_id=session.credential.key_id, path=session.socket.path,
+                    key_hash=session.credential.key_hash)
+        return Turn(number=session.pairing.next_number(), started=now, call=call)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         session = self._sessions.get(flow)
@@ -118,7 +129,8 @@ class ResponsesWebSocket:
         if turn is not None:
             self._finish(flow, session, turn)
 
-    async def _client_message(self, flow: http.HTTPFlow, session: Session, message, now: float) -> None:
+    async def _client_message(self, flow: http.HTTPFlow, session: Session, message: WebSocketMessage,
+                              now: float) -> None:
         try:
             info = read_client_message(message.content)
         except Exception as e:  # read_client_message does not raise; if it ever does, the message goes on

@@ -67,7 +67,7 @@ def turn_record(socket: Socket, turn: Turn, *, log_bodies: bool, interrupted: st
         method=METHOD,
         path=socket.path,
         upstream_url=socket.upstream_url,
-        model=call.model,
+        model=parser.response_model if turn.successor else call.model,  # a successor inherits its model
         response_model=parser.response_model,
         key_id=call.key_id,
         streaming=True,

@@ -16,6 +16,7 @@ here raises on what a client or server sends, whatever it is.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..usage.model import text
 from ..usage.openai import ResponsesStream
 
 CREATE = "response.create"
+CREATED = "response.created"
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 # Messages bigger than this are not parsed on the event loop (json.loads of it would stall
 # every flow). A client message that big is refused (it cannot be metered, and the
@@ -80,14 +82,22 @@ class Turn:
     error_status: int | None = None  # the `status` of an `error` event
     events: int = 0
     unread_events: int = 0  # server messages too big or not JSON: passed on, not parsed
+    successor: bool = False  # started by the server itself, with no response.create of its own
 
 
 class Pairing:
-    """The pending turns of one socket, and the rule that pairs server events with them."""
+    """The pending turns of one socket, and the rule that pairs server events with them.
 
-    def __init__(self) -> None:
+    `successor` makes the turn of a response the server starts by itself: after a
+    `response.steer`, or after a completion, the API may go on with an automatic
+    successor (`response.created` with no response.create pending). It is billed,
+    so it is a call too.
+    """
+
+    def __init__(self, successor: Callable[[float], Turn] | None = None) -> None:
         self.pending: deque[Turn] = deque()
         self.count = 0  # turns opened on this socket, refused ones included
+        self.successor = successor
 
     def next_number(self) -> int:
         self.count += 1
@@ -101,9 +111,16 @@ class Pairing:
 
     def server_message(self, content: bytes, now: float) -> Turn | None:
         """Feed one server message to its turn; the turn if this message ended it."""
-        if not self.pending:
-            return None  # nothing asked for: nothing to meter (a keep-alive, a stray event)
+        if not self.pending and self.successor is None:
+            return None
         obj = loads(content) if len(content) <= MAX_PARSED_BYTES else None
+        if not self.pending:
+            if not isinstance(obj, dict) or obj.get("type") != CREATED:
+                return None  # between calls, and not a response starting: nothing to meter
+            started = self.successor(now)
+            started.successor = True
+            started.stream_id = obj.get("stream_id") if isinstance(obj.get("stream_id"), str) else None
+            self.pending.append(started)
         turn = self._owner(obj)
         if turn.first_event_at is None:
             turn.first_event_at = now

@@ -113,6 +113,20 @@ def test_a_provider_path_prefix_routes_the_socket(ws_proxy: Proxy, ws_upstream: 
     assert ws_upstream.handshakes[-1].path == "/v1/responses"
 
 
+def test_a_successor_the_server_starts_by_itself_is_a_row(ws_proxy: Proxy, rows: Rows) -> None:
+    key = new_key()
+    with client(ws_proxy, key).responses.connect() as conn:
+        first = turn(conn, model="gpt-5", input="hi", metadata=fake(output=5, successor=True, successor_output=11))
+        successor = read_turn(conn)  # no response.create of its own
+    assert first[-1].type == successor[-1].type == "response.completed"
+    asked, started = rows.wait(key, 2)
+    assert (asked["output_tokens"], asked["request_body"]["input"]) == (5, "hi")
+    assert (started["output_tokens"], started["request_body"], started["model"], started["status"]) == (
+        11, None, "gpt-5", 200)
+    assert started["request_id"] == asked["request_id"][:-1] + "2"
+    assert started["cost_usd"] == gpt5_cost(120, 0, 11)
+
+
 def test_upstream_cut_mid_response_is_an_interrupted_row(ws_proxy: Proxy, rows: Rows) -> None:
     key = new_key()
     with client(ws_proxy, key).responses.connect() as conn:

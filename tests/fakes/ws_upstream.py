@@ -14,8 +14,10 @@ What to do per call comes from the response.create's `metadata.fake` (a JSON
 string, since metadata values are strings): `input`, `cached`, `output`,
 `reasoning` token counts, `pieces` and `delay` of the text deltas,
 `terminal` ("completed", "incomplete", "failed", "error"), `error_status`,
-and `cut` ("abort": drop the TCP connection, "close": a close frame 1011)
-after `cut_after` events.
+`cut` ("abort": drop the TCP connection, "close": a close frame 1011)
+after `cut_after` events, and `successor` (then a second response follows
+on its own, with `successor_output` output tokens, as the API's automatic
+successors do).
 """
 
 from __future__ import annotations
@@ -198,7 +200,12 @@ async def _answer(ws: ServerConnection, create: dict[str, Any]) -> bool:
     else:
         events.append({"type": "response.completed", "response": response("completed", output=[message],
                                                                            usage=usage)})
+    if s.get("successor"):  # the API's automatic successor: a second response nobody sent a create for
+        successor = dict(s, successor=False, output=s.get("successor_output", 11))
+        events.append({"type": "successor", "scenario": successor})
     for number, event in enumerate(events):
+        if event["type"] == "successor":
+            return await _answer(ws, {**create, "metadata": {"fake": json.dumps(event["scenario"])}})
         if cut_after is not None and number >= cut_after:
             if s.get("cut") == "close":
                 await ws.close(1011, "upstream gave up")

@@ -177,3 +177,29 @@ def test_upgrade_recognition_and_ws_urls() -> None:
     assert not is_upgrade(request("GET", "h2c"))
     assert ws_url("https://h/v1/responses") == "wss://h/v1/responses"
     assert ws_url("http://h:8/v1/responses") == "ws://h:8/v1/responses"
+
+
+def test_a_response_the_server_starts_by_itself_is_a_turn_too() -> None:
+    made: list[float] = []
+
+    def successor(now: float) -> Turn:
+        made.append(now)
+        call = Call(route=ROUTE, model=None, streaming=True, strip_usage_chunk=False, request_body=None,
+                    key_id="fp-1", path="/v1/responses")
+        return Turn(number=pairing.next_number(), started=now, call=call)
+
+    pairing = Pairing(successor)
+    assert pairing.server_message(event("response.output_text.delta", delta="x"), 1.0) is None and not made
+    assert pairing.server_message(b"not json", 1.1) is None and not made
+    first = new_turn(pairing, 2.0)
+    assert pairing.server_message(completed({"input_tokens": 5, "output_tokens": 1}), 2.5) is first
+    # The API's automatic successor: response.created with no response.create pending.
+    assert pairing.server_message(event("response.created", response={"model": "gpt-5-2025-08-07"},
+                                        stream_id="lane-s"), 3.0) is None
+    (started,) = pairing.pending
+    assert (made, started.successor, started.number, started.stream_id, started.first_event_at) == (
+        [3.0], True, 2, "lane-s", 3.0)
+    assert pairing.server_message(completed({"input_tokens": 7, "output_tokens": 2}), 4.0) is started
+    record, _ = turn_record(SOCKET, started, log_bodies=True)
+    assert (record.request_id, record.model, record.request_body, record.input_tokens, record.duration_ms) == (
+        "f1.2", "gpt-5-2025-08-07", None, 7, 1000)
