@@ -32,7 +32,7 @@ from ..failures import FailureLog
 from ..limits.limiter import Refusal
 from ..redact import mask_url
 from ..routing import Route
-from .records import Socket, error_event, refused_record, turn_record
+from .records import Socket, bare_record, error_event, refused_record, turn_record
 from .turns import Pairing, Turn, read_client_message
 from .upgrade import CLAIMED, Credential, admit_socket, is_upgrade, ws_url
 
@@ -169,8 +169,8 @@ class ResponsesWebSocket:
             flow.comment = comment(record)
         except Exception as e:
             failures.failed("llm-proxy could not build the row of a call", e, context=session.socket.path)
-            access.release(call)
-            return
+            record = bare_record(session.socket, turn, f"llm-proxy answered HTTP {refusal.status}; "
+                                                       f"its row could not be built ({type(e).__name__})")
         self.metering.deliver(call, record)
 
     @staticmethod
@@ -216,6 +216,6 @@ class ResponsesWebSocket:
             flow.comment = comment(record)
         except Exception as e:
             failures.failed("llm-proxy could not build the row of a call", e, context=session.socket.path)
-            metering.access.release(turn.call)
-            return
+            record = bare_record(session.socket, turn, f"llm-proxy could not read this call's answer "
+                                                       f"({type(e).__name__}); tokens and cost unknown")
         metering.deliver(turn.call, record)

@@ -107,5 +107,23 @@ def refused_record(socket: Socket, turn: Turn, status: int, message: str, *, log
     )
 
 
+def bare_record(socket: Socket, turn: Turn, reason: str) -> Record:
+    """The row of a turn whose answer could not be read: who, when, where, and why it is bare."""
+    call: Call = turn.call
+    return Record(
+        request_id=f"{socket.flow_id}.{turn.number}",
+        ts=datetime.fromtimestamp(turn.started, UTC),
+        provider=call.route.provider.name,
+        api=call.route.api,
+        method=METHOD,
+        path=socket.path,
+        model=call.model,
+        key_id=call.key_id,
+        streaming=True,
+        error=reason,
+        client_addr=socket.client_addr,
+    )
+
+
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))

@@ -203,3 +203,39 @@ def test_a_response_the_server_starts_by_itself_is_a_turn_too() -> None:
     record, _ = turn_record(SOCKET, started, log_bodies=True)
     assert (record.request_id, record.model, record.request_body, record.input_tokens, record.duration_ms) == (
         "f1.2", "gpt-5-2025-08-07", None, 7, 1000)
+
+
+def test_a_turn_whose_row_cannot_be_built_still_gets_a_bare_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_proxy.websocket import addon as ws_addon
+
+    class Metering:
+        log_bodies = True
+        pricer = None  # pricing a row raises: the row must still be delivered
+
+        def __init__(self) -> None:
+            self.delivered: list[Any] = []
+
+        def deliver(self, call: Call, record: Any) -> None:
+            self.delivered.append(record)
+
+    metering = Metering()
+    websocket = ws_addon.ResponsesWebSocket(metering)  # type: ignore[arg-type]
+    pairing = Pairing()
+    turn = new_turn(pairing, 1.0)
+    session = ws_addon.Session(ROUTE, ws_addon.Credential("h", "fp-1"), SOCKET, pairing)
+    flow = type("Flow", (), {"comment": ""})()
+    websocket._finish(flow, session, turn)  # type: ignore[arg-type]
+    (record,) = metering.delivered
+    assert (record.request_id, record.key_id, record.input_tokens) == ("f1.1", "fp-1", None)
+    assert record.error == "llm-proxy could not read this call's answer (AttributeError); tokens and cost unknown"
+
+
+def test_the_control_plane_does_not_hold_websocket_turns_for_a_final_hook() -> None:
+    from llm_proxy.addon import LLMProxy
+    from llm_proxy.control.addon import ControlPlane
+
+    control = ControlPlane(LLMProxy())
+    pairing = Pairing()
+    record, _ = turn_record(SOCKET, new_turn(pairing, 1.0), log_bodies=False)
+    control._observe(record)
+    assert not control._finished  # no flow has this id: it would stay there for ever
