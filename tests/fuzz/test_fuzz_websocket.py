@@ -27,6 +27,8 @@ from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
 from llm_proxy.addon import LLMProxy
+from llm_proxy.keys.model import KeyRing, VirtualKey, hash_secret
+from llm_proxy.keys.store import write_keyring
 from llm_proxy.paths import DEFAULT_PRICING, DEFAULT_PROVIDERS
 from llm_proxy.record import Record
 from llm_proxy.websocket import turns
@@ -35,6 +37,8 @@ from llm_proxy.websocket.turns import read_client_message
 
 from .strategies import count_value, deep_value, dump, json_value, model_value, openai_usage
 
+CLIENT_KEY = "llmp-fuzz-ws-client-key-0123456789"
+REAL_KEY = "sk-real-fuzz-ws-4c1d"
 SMALL_LIMIT = 4096  # MAX_PARSED_BYTES while fuzzing, so "too big to read" is cheap to reach
 LANES = st.one_of(st.none(), st.sampled_from(["a", "b"]), json_value)
 CLIENT_TYPES = st.sampled_from(["response.create", "response.create", "response.steer", "session.update", None])
@@ -83,11 +87,19 @@ frames = st.lists(st.one_of(st.tuples(st.just(True), client_frame(), st.booleans
                             st.tuples(st.just(False), server_frame(), st.booleans())), max_size=14)
 
 
-@pytest.fixture(scope="module")
-def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ResponsesWebSocket, list[Record]]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["passthrough", "keys"])
+def hooks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[ResponsesWebSocket, list[Record]]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz-ws")
-    home, limit = os.environ.get("LLM_PROXY_HOME"), turns.MAX_PARSED_BYTES
+    saved = {name: os.environ.get(name) for name in ("LLM_PROXY_HOME", "OPENAI_API_KEY")}
+    limit = turns.MAX_PARSED_BYTES
     os.environ["LLM_PROXY_HOME"] = str(tmp)
+    os.environ["OPENAI_API_KEY"] = REAL_KEY
+    keys_file = ""
+    if request.param:
+        keys_file = str(tmp / "keys.toml")
+        write_keyring(Path(keys_file), KeyRing([VirtualKey(name="fuzzer", hash=hash_secret(CLIENT_KEY),
+                                                           prefix=CLIENT_KEY[:9])]))
     turns.MAX_PARSED_BYTES = SMALL_LIMIT
     metering = LLMProxy()
     websocket = ResponsesWebSocket(metering)
@@ -96,7 +108,7 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ResponsesW
     try:
         with taddons.context(proxyserver.Proxyserver(), websocket, metering) as tctx:
             tctx.configure(metering, llm_db=f"sqlite:///{tmp / 'rows.db'}", llm_providers=str(DEFAULT_PROVIDERS),
-                           llm_pricing=str(DEFAULT_PRICING), llm_keys="", llm_max_concurrent=0, llm_retries=0)
+                           llm_pricing=str(DEFAULT_PRICING), llm_keys=keys_file, llm_max_concurrent=0, llm_retries=0)
             try:
                 yield websocket, rows
             finally:
@@ -104,10 +116,11 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ResponsesW
                 metering.done()
     finally:
         turns.MAX_PARSED_BYTES = limit
-        if home is None:
-            os.environ.pop("LLM_PROXY_HOME", None)
-        else:
-            os.environ["LLM_PROXY_HOME"] = home
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def socket_flow():
@@ -117,7 +130,7 @@ def socket_flow():
     flow.live = True
     request = flow.request
     request.scheme, request.host, request.port, request.path = "https", "api.openai.com", 443, "/v1/responses"
-    request.headers["authorization"] = "Bearer sk-fuzz-client"
+    request.headers["authorization"] = f"Bearer {CLIENT_KEY}"
     return flow, upgraded
 
 
@@ -151,4 +164,8 @@ def test_hostile_frames_never_raise_out_of_the_hooks(hooks: tuple[ResponsesWebSo
                       row.cache_write_tokens, row.reasoning_tokens):
             assert count is None or (isinstance(count, int) and count >= 0)
         assert row.cost_usd is None or row.cost_usd >= 0
-        assert row.method == "WS" and row.key_id is not None and "sk-fuzz-client" not in repr(row)
+        assert row.method == "WS" and row.key_id is not None
+        assert CLIENT_KEY not in repr(row) and REAL_KEY not in repr(row)
+    if websocket.metering.access.keys_required:
+        assert flow.request.headers["authorization"] == f"Bearer {REAL_KEY}"  # the virtual key never goes upstream
+        assert {row.key_id for row in rows} <= {"fuzzer"}
