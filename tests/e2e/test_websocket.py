@@ -9,13 +9,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from secrets import token_hex
+
 import openai
 import pytest
+
+from llm_proxy.keys.model import KeyRing, VirtualKey, hash_secret
+from llm_proxy.keys.store import write_keyring
 
 from tests.fakes.ws_upstream import FakeWsUpstream
 
 from .conftest import Proxy, ProxyFactory, Rows, new_key, write_providers
-from .test_keys import REAL_KEYS, create
+from .test_keys import REAL_KEYS
 
 TERMINAL = {"response.completed", "response.incomplete", "response.failed", "error"}
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -170,10 +175,11 @@ def keyed_ws(tmp_path_factory: pytest.TempPathFactory, ws_upstream: FakeWsUpstre
              ) -> Iterator[tuple[Proxy, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("wskeys")
     keys_file = tmp / "keys.toml"
-    secrets = {
-        "ws-mini": create(keys_file, "ws-mini", "--models", "gpt-5-mini*"),
-        "ws-budget": create(keys_file, "ws-budget", "--budget", "0.001", "--period", "1d"),
-    }
+    secrets = {name: f"llmp-{name}-{token_hex(12)}" for name in ("ws-mini", "ws-budget")}
+    write_keyring(keys_file, KeyRing([
+        VirtualKey("ws-mini", hash_secret(secrets["ws-mini"]), models=("gpt-5-mini*",)),
+        VirtualKey("ws-budget", hash_secret(secrets["ws-budget"]), budget=Decimal("0.001"), period="1d"),
+    ]))
     providers = write_providers(tmp / "providers.toml", ws_upstream.url)
     providers.write_text(providers.read_text().replace("[providers.openai]\n",
                                                        '[providers.openai]\napi_key_env = "OPENAI_API_KEY"\n'))
@@ -234,26 +240,22 @@ def test_budget_applies_per_create(keyed_ws, rows: Rows) -> None:
     assert [r["status"] for r in refusals] == [429, 429]
 
 
-def test_codex_transcript_replayed_rows_exact(start_proxy: ProxyFactory, tmp_path: Path, pg_url: str,
-                                              rows: Rows) -> None:
+def test_codex_transcript_replayed_rows_exact(ws_proxy: Proxy, ws_upstream: FakeWsUpstream, rows: Rows) -> None:
     transcript = json.loads((FIXTURES / "codex_ws_transcript.json").read_text())
-    script = [t["server"] for t in transcript["turns"]]
-    with FakeWsUpstream(script=script).start() as up:
-        providers = write_providers(tmp_path / "providers.toml", up.url)
-        proxy = start_proxy(["--mode", f"reverse:{up.url}@0", "--set", f"llm_providers={providers}",
-                             "--set", f"llm_db={pg_url}", "--set", f"llm_table={rows.table}"])
-        proxy.wait_for_log("llm-proxy writing rows to")
-        key = new_key("sk-codex")
-        headers = transcript["handshake_headers"]
-        with client(proxy, key).responses.connect(extra_headers=headers) as conn:
-            for recorded in transcript["turns"]:
-                conn.send_raw(recorded["client"])
-                events = read_turn(conn)
-                assert [e.sequence_number for e in events] == list(range(len(recorded["server"])))
-        assert [m for m in up.received] == [t["client"] for t in transcript["turns"]]  # byte for byte
-        assert up.handshakes[-1].headers["openai-beta"] == headers["openai-beta"]
+    ws_upstream.scripts["codex"] = [t["server"] for t in transcript["turns"]]
+    key = new_key("sk-codex")
+    headers = {**transcript["handshake_headers"], "x-fake-script": "codex"}
+    received = len(ws_upstream.received)
+    with client(ws_proxy, key).responses.connect(extra_headers=headers) as conn:
+        for recorded in transcript["turns"]:
+            conn.send_raw(recorded["client"])
+            events = read_turn(conn)
+            assert [e.sequence_number for e in events] == list(range(len(recorded["server"])))
+    assert ws_upstream.received[received:] == [t["client"] for t in transcript["turns"]]  # byte for byte
+    assert ws_upstream.handshakes[-1].headers["openai-beta"] == headers["openai-beta"]
     found = rows.wait(key, 2)
     for row, recorded in zip(found, transcript["turns"], strict=True):
+        assert row["upstream_url"] == f"ws://127.0.0.1:{ws_upstream.port}/v1/responses"
         final = json.loads("".join(recorded["server"][-1]))["response"]
         usage = final["usage"]
         cached = usage["input_tokens_details"]["cached_tokens"]

@@ -44,9 +44,10 @@ class Handshake:
 
 @dataclass
 class FakeWsUpstream:
-    # A recorded exchange to replay instead of made-up answers: the Nth response.create on a
-    # connection gets script[N], a list of server messages, each a list of frames.
-    script: list[list[list[str]]] | None = None
+    # Recorded exchanges to replay instead of made-up answers, by name: a connection whose
+    # handshake has `x-fake-script: NAME` answers its Nth response.create with scripts[NAME][N],
+    # a list of server messages, each a list of frames.
+    scripts: dict[str, list[list[list[str]]]] = field(default_factory=dict)
     handshakes: list[Handshake] = field(default_factory=list)
     received: list[str | bytes] = field(default_factory=list)  # every client message, in order
 
@@ -101,6 +102,7 @@ class FakeWsUpstream:
 
     async def _handle(self, ws: ServerConnection) -> None:
         creates = 0
+        script = self.scripts.get(ws.request.headers.get("x-fake-script", "")) if ws.request else None
         try:
             async for message in ws:
                 self.received.append(message)
@@ -110,8 +112,8 @@ class FakeWsUpstream:
                                          "the message is not a client event this server knows"))
                     continue
                 creates += 1
-                if self.script is not None:
-                    await _replay(ws, self.script[(creates - 1) % len(self.script)])
+                if script is not None:
+                    await _replay(ws, script[(creates - 1) % len(script)])
                 elif not await _answer(ws, event):
                     return
         except Exception:  # a test that cut the connection: nothing to clean up
