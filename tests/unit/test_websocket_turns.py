@@ -10,12 +10,12 @@ from mitmproxy import http
 
 from llm_proxy import apis
 from llm_proxy.calls import Call
-from llm_proxy.config.providers import generic_provider
+from llm_proxy.config.providers import Provider, generic_provider
 from llm_proxy.routing import Route
 from llm_proxy.websocket import turns
 from llm_proxy.websocket.records import Socket, error_event, refused_record, turn_record
 from llm_proxy.websocket.turns import Pairing, Turn, read_client_message
-from llm_proxy.websocket.upgrade import is_upgrade, ws_url
+from llm_proxy.websocket.upgrade import admit_socket, is_upgrade, ws_url
 
 ROUTE = Route(generic_provider("api.openai.com", "https", 443), apis.OPENAI_RESPONSES)
 SOCKET = Socket("f1", "/v1/responses", "wss://api.openai.com/v1/responses", "10.0.0.7")
@@ -237,3 +237,55 @@ def test_the_control_plane_does_not_hold_websocket_turns_for_a_final_hook() -> N
     record, _ = turn_record(SOCKET, new_turn(pairing, 1.0), log_bodies=False)
     control._observe(record)
     assert not control._finished  # no flow has this id: it would stay there for ever
+
+
+def _keyed_access(*keys: Any, real: str | None = "sk-real-1") -> Any:
+    from llm_proxy.access import Access
+    from llm_proxy.keys.model import KeyRing
+
+    access = Access()
+    access.use_keys_file(KeyRing(list(keys)))
+    if real:
+        access.provider_keys = {"openai": real}
+    return access
+
+
+OPENAI = Route(Provider("openai", "https://api.openai.com", "openai", ("api.openai.com",), api_key_env="OPENAI_API_KEY"),
+               apis.OPENAI_RESPONSES)
+
+
+def _upgrade(secret: str | None, path: str = "/v1/responses") -> http.Request:
+    headers = http.Headers(upgrade="websocket", connection="Upgrade")
+    if secret:
+        headers["authorization"] = f"Bearer {secret}"
+    return http.Request.make("GET", f"https://api.openai.com{path}", headers=headers)
+
+
+def test_the_upgrade_checks_the_virtual_key_and_swaps_in_the_real_one() -> None:
+    from llm_proxy.keys.model import VirtualKey, hash_secret
+
+    access = _keyed_access(VirtualKey("dev", hash_secret("llmp-dev-secret")),
+                           VirtualKey("off", hash_secret("llmp-off-secret"), disabled=True))
+    request = _upgrade("llmp-dev-secret", "/v1/responses?key=llmp-dev-secret")
+    credential, refusal = admit_socket(access, request, OPENAI)
+    assert refusal is None and (credential.key_id, credential.key_hash) == ("dev", hash_secret("llmp-dev-secret"))
+    assert request.headers["authorization"] == "Bearer sk-real-1" and "llmp" not in request.path
+    for secret, status, code in ((None, 401, "missing_api_key"), ("llmp-nobody", 401, "invalid_api_key"),
+                                 ("llmp-off-secret", 403, "key_disabled")):
+        request = _upgrade(secret)
+        _, refusal = admit_socket(access, request, OPENAI)
+        assert refusal is not None and (refusal.status, refusal.code) == (status, code)
+        assert request.headers.get("authorization") == (f"Bearer {secret}" if secret else None)  # not forwarded anyway
+    no_real = _keyed_access(VirtualKey("dev", hash_secret("llmp-dev-secret")), real=None)
+    _, refusal = admit_socket(no_real, _upgrade("llmp-dev-secret"), OPENAI)
+    assert refusal is not None and (refusal.status, refusal.code) == (500, "provider_key_missing")
+
+
+def test_passthrough_upgrade_keeps_the_clients_key_and_fingerprints_it() -> None:
+    from llm_proxy.access import Access
+    from llm_proxy.redact import fingerprint
+
+    request = _upgrade("sk-client-own")
+    credential, refusal = admit_socket(Access(), request, OPENAI)
+    assert refusal is None and credential.key_id == fingerprint("sk-client-own")
+    assert request.headers["authorization"] == "Bearer sk-client-own"
