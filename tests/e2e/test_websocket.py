@@ -16,6 +16,7 @@ import pytest
 
 from llm_proxy.keys.model import KeyRing, VirtualKey, hash_secret
 from llm_proxy.keys.store import write_keyring
+from llm_proxy.redact import fingerprint
 
 from tests.fakes.ws_upstream import FakeWsUpstream
 
@@ -292,3 +293,21 @@ def test_regular_mode_meters_a_socket_through_the_proxy_env(start_proxy: ProxyFa
     assert (row["method"], row["status"], row["input_tokens"], row["cost_usd"]) == ("WS", 200, 2000,
                                                                                     Decimal("0.006375"))
     assert row["upstream_url"] == f"ws://127.0.0.1:{ws_upstream.port}/v1/responses"
+
+
+def test_a_proxy_stopped_with_a_socket_mid_response_writes_its_row(start_proxy: ProxyFactory, tmp_path: Path,
+                                                                    pg_url: str, rows: Rows,
+                                                                    ws_upstream: FakeWsUpstream) -> None:
+    providers = write_providers(tmp_path / "providers.toml", ws_upstream.url)
+    proxy = start_proxy(["--mode", f"reverse:{ws_upstream.url}@0", "--set", f"llm_providers={providers}",
+                         "--set", f"llm_db={pg_url}", "--set", f"llm_table={rows.table}"])
+    proxy.wait_for_log("llm-proxy writing rows to")
+    key = new_key()
+    with client(proxy, key).responses.connect() as conn:
+        conn.response.create(model="gpt-5", input="hi", metadata=fake(pieces=200, delay=0.05))
+        assert next(iter(conn)).type == "response.created"
+        assert proxy.stop() == 0  # the socket's done() comes before the writer's last flush
+    (row,) = rows.fetch("key_id = %s", (fingerprint(key),))
+    assert row["status"] is None and row["output_tokens"] is None
+    assert row["error"] == ("interrupted: llm-proxy stopped before the response ended "
+                            "(the provider may have billed it)")
