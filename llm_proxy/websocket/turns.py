@@ -59,6 +59,9 @@ def read_client_message(content: bytes) -> ClientMessage:
     if not isinstance(obj, dict) or obj.get("type") != CREATE:
         return ClientMessage(create=False)
     model = obj.get("model")
+    nested = obj.get("response")
+    if model is None and isinstance(nested, dict):
+        model = nested.get("model")  # an envelope that nests the create body instead of flattening it
     stream_id = obj.get("stream_id")
     return ClientMessage(
         create=True,

@@ -42,6 +42,7 @@ def new_turn(pairing: Pairing, at: float, stream_id: str | None = None, body: by
     (b'{"type": "response.create", "model": "gpt-5", "input": "hi"}', True, "gpt-5", None),
     (b'{"type": "response.create", "model": ["x"], "stream_id": "lane-2"}', True, None, "lane-2"),
     (b'{"type": "response.create", "model": "gpt-5", "stream_id": 7}', True, "gpt-5", None),
+    (b'{"type": "response.create", "response": {"model": "gpt-5-codex"}}', True, "gpt-5-codex", None),
     (b'{"type": "response.steer", "input": "also this"}', False, None, None),
     (b'{"type": ["response.create"]}', False, None, None),
     (b"not json", False, None, None),
