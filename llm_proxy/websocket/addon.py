@@ -30,6 +30,7 @@ from ..calls import Call, comment
 from ..errors import local_response
 from ..failures import FailureLog
 from ..limits.limiter import Refusal
+from ..record import Record
 from ..redact import mask_url
 from ..routing import Route
 from .records import Socket, bare_record, error_event, refused_record, turn_record
@@ -171,7 +172,7 @@ class ResponsesWebSocket:
             failures.failed("llm-proxy could not build the row of a call", e, context=session.socket.path)
             record = bare_record(session.socket, turn, f"llm-proxy answered HTTP {refusal.status}; "
                                                        f"its row could not be built ({type(e).__name__})")
-        self.metering.deliver(call, record)
+        self._deliver(call, record)
 
     @staticmethod
     def _answer(flow: http.HTTPFlow, refusal: Refusal) -> None:
@@ -218,4 +219,10 @@ class ResponsesWebSocket:
             failures.failed("llm-proxy could not build the row of a call", e, context=session.socket.path)
             record = bare_record(session.socket, turn, f"llm-proxy could not read this call's answer "
                                                        f"({type(e).__name__}); tokens and cost unknown")
-        metering.deliver(turn.call, record)
+        self._deliver(turn.call, record)
+
+    def _deliver(self, call: Call, record: Record) -> None:
+        try:
+            self.metering.deliver(call, record)
+        except Exception as e:  # a hook must not raise into mitmproxy: the socket goes on, the row is lost
+            failures.failed("llm-proxy could not hand on the row of a call", e, context=record.path or "")
