@@ -311,3 +311,16 @@ def test_a_proxy_stopped_with_a_socket_mid_response_writes_its_row(start_proxy: 
     assert row["status"] is None and row["output_tokens"] is None
     assert row["error"] == ("interrupted: llm-proxy stopped before the response ended "
                             "(the provider may have billed it)")
+
+
+def test_hostile_client_frames_leave_the_socket_and_the_proxy_working(ws_proxy: Proxy, rows: Rows) -> None:
+    key = new_key()
+    with client(ws_proxy, key).responses.connect() as conn:
+        for frame in (b"\x00\xff binary", "not json", "[" * 100_000, '{"type": ["response.create"]}',
+                      '{"type": "response.steer", "input": "x"}'):
+            conn.send_raw(frame)
+            (answer,) = read_turn(conn)  # the upstream's own error event: the message reached it, unmetered
+            assert (answer.type, answer.error.code) == ("error", "unknown_event")
+        assert turn(conn, model="gpt-5", input="still here", metadata=fake(output=4))[-1].type == "response.completed"
+    (row,) = rows.wait(key)  # only the response.create is a call
+    assert (row["output_tokens"], row["request_body"]["input"]) == (4, "still here")
