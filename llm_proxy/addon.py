@@ -48,6 +48,7 @@ from .storage.journal import Journal, journal_dir
 from .storage.writer import Writer
 from .stream.meter import StreamMeter, decoder_for
 from .usage import stream_parser
+from .websocket.upgrade import CLAIMED as WEBSOCKET
 
 logger = logging.getLogger(__name__)
 failures = FailureLog(logger)
@@ -278,6 +279,8 @@ class LLMProxy:
             if self.only_providers and not reverse:
                 flow.response = forbidden_host_response(request.host)
             return
+        if WEBSOCKET in flow.metadata:
+            return  # a WebSocket upgrade llm_proxy.websocket took: it checked the key, its calls are its messages
         if not self.record_all and not is_model_call(route.api):
             refusal = pass_on(self.access, request, route)  # not a model call: no row, no body kept
             if refusal is not None:
@@ -379,6 +382,13 @@ class LLMProxy:
                             context=f"{flow.request.method} {flow.request.path}")
             record = fallback_record(flow, call, f"llm-proxy could not read this call's answer ({type(e).__name__}); "
                                                  "tokens and cost unknown")
+        self.deliver(call, record)
+
+    def deliver(self, call: Call, record: Record) -> None:
+        """A finished call's row: its slots back, its listeners told, the row to the writer.
+
+        Also the end of every WebSocket turn (llm_proxy.websocket), which has no flow of its own.
+        """
         self.access.finished(call, record.total_tokens)
         for listener in self.record_listeners:
             try:

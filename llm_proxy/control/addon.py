@@ -34,6 +34,7 @@ from ..keys.model import KeyRing, VirtualKey, period_start
 from ..keys.store import read_keyring
 from ..paths import default_db_url
 from ..storage.dsn import DatabaseURLError, check_table_name, parse_db_url
+from ..websocket.records import METHOD as WEBSOCKET_METHOD
 from . import auth, cors, static
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
@@ -206,7 +207,8 @@ class ControlPlane:
 
     def _observe(self, record: Any) -> None:
         self.metrics.observe(record)
-        self._finished.add(record.request_id)
+        if record.method != WEBSOCKET_METHOD:  # a WebSocket turn is not a flow: no final hook would take it out
+            self._finished.add(record.request_id)
 
     def start_clock(self, flow: http.HTTPFlow) -> None:
         flow.metadata["llm_proxy.clock"] = time.perf_counter()

@@ -164,8 +164,12 @@ class ResponsesStream(StreamParser):
 
     def on_event(self, name: str | None, data: str) -> bool:
         obj = loads(data)
-        if not isinstance(obj, dict):
-            return True
+        if isinstance(obj, dict):
+            self.on_object(name, obj, len(data))
+        return True
+
+    def on_object(self, name: str | None, obj: dict[str, Any], size: int) -> None:
+        """One event already parsed (the WebSocket meter parses each message once, to pair it)."""
         kind = obj.get("type") or name
         response = obj.get("response")
         if isinstance(response, dict) and isinstance(response.get("model"), str):
@@ -180,8 +184,7 @@ class ResponsesStream(StreamParser):
         elif kind == "error":
             self.error = error_text(obj)
         else:
-            self.keep_event(name, obj, len(data))
-        return True
+            self.keep_event(name, obj, size)
 
     def body(self) -> Any:
         return self._final if self._final is not None else self.events_body()

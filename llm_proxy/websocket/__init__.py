@@ -1,0 +1,1 @@
+"""The Responses API over WebSocket: each response.create on a socket is one metered call."""
