@@ -136,7 +136,7 @@ class Access:
             self.release(call)
             return Refusal(500, f"llm-proxy has no key for provider {provider.name!r}: "
                                 f"set {provider.api_key_env} where the proxy runs", "provider_key_missing")
-        replace_credentials(request, provider.format, real)
+        replace_credentials(request, provider.format, real, provider.key_header)
         return None
 
     async def _spend_of(self, name: str) -> Decimal | None:

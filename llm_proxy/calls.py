@@ -18,7 +18,7 @@ from mitmproxy import http
 
 from . import apis, headers
 from .keys.model import hash_secret
-from .redact import client_key, fingerprint_of, key_param_to_header, mask_url
+from .redact import client_key, fingerprint_of, is_signed, key_param_to_header, mask_url
 from .record import Record
 from .limits.gate import Gate
 from .routing import Route
@@ -70,9 +70,11 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     body = loads(raw)
     api = route.api
     bare_path = request.path.partition("?")[0]
-    model = apis.model_from_path(bare_path) if api == apis.GEMINI_GENERATE else None
+    model = apis.model_from_path(bare_path, api) if api in apis.MODEL_IN_PATH else None
     if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
         model = body["model"]
+    if model is None and "/deployments/" in bare_path:
+        model = apis.model_from_path(bare_path, api)  # Azure OpenAI: the deployment stands for the model
     streaming = apis.wants_stream(api, bare_path, body)
     secret = client_key(request)
     key_hash = hash_secret(secret) if secret else None
@@ -89,6 +91,11 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     )
     if route.upstream_url is not None:
         request.url = route.upstream_url
+    if is_signed(request):
+        # SigV4 signs the method, path, query, the signed headers and the body's hash: any change
+        # (even header order or accept-encoding) makes the provider refuse the call, so a signed
+        # request goes upstream exactly as the client sent it. Its answer is metered all the same.
+        return call
     if route.provider.format == "gemini" and b"?" in request.data.path:
         key_param_to_header(request)
     if api in apis.METERED:
