@@ -383,3 +383,14 @@ def test_close_call_of_a_converse_json_answer():
         "bedrock", apis.BEDROCK_CONVERSE, T.BEDROCK_MODEL, None)
     assert (record.input_tokens, record.output_tokens, record.cached_tokens, record.cache_write_tokens) == (
         1320, 35, 1000, 200)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"message": "The security token included in the request is invalid."},
+     "The security token included in the request is invalid."),
+    ({"Message": "User is not authorized"}, "User is not authorized"),
+    ({"message": 7}, None), ({"message": "x", "error": ""}, None), ({"ok": True}, None),
+])
+def test_aws_error_bodies(body, expected):
+    from llm_proxy.usage import error_text
+    assert error_text(body) == expected
