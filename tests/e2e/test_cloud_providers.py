@@ -265,3 +265,16 @@ def test_bedrock_signed_request_reaches_upstream_unchanged_and_is_metered(
     if operation == "converse-stream":
         assert row["response_body"]["stopReason"] == "tool_use"
         assert row["response_body"]["output"]["message"]["content"][0] == {"text": "Hello from Bedrock."}
+
+
+def test_bedrock_api_key_through_the_reverse_proxy(reverse: Proxy, cloud: CloudUpstream, rows: Rows) -> None:
+    """A Bedrock API key is a plain Bearer token (no signature), so /bedrock/... works in reverse mode."""
+    token = f"ABSK{secrets.token_hex(12)}"
+    body = b'{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": []}'
+    response = httpx.post(f"{reverse.url}/bedrock/model/{T.BEDROCK_MODEL_PATH}/invoke", content=body,
+                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    assert response.status_code == 200 and response.json()["usage"]["input_tokens"] == 14
+    assert cloud.requests[-1].target == f"/model/{T.BEDROCK_MODEL_PATH}/invoke"
+    [row] = rows.wait(token)
+    check_row(row, provider="bedrock", api=apis.BEDROCK_INVOKE, model=T.BEDROCK_MODEL, response_model=None,
+              input_tokens=14, output_tokens=5, streaming=False, cost_usd=Decimal(14 * 3 + 5 * 15) / M)
