@@ -23,7 +23,7 @@ from .record import Record
 from .limits.gate import Gate
 from .routing import Route
 from .stream.meter import StreamMeter
-from .usage import Usage, error_text, json_usage
+from .usage import Usage, bedrock, error_text, json_usage
 from .usage.base import loads
 
 
@@ -170,6 +170,8 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
         parsed = loads(content)
         if status is not None and 200 <= status < 300:
             usage, response_model = json_usage(call.route.api, parsed)
+            if not usage.known and call.route.api == apis.BEDROCK_INVOKE:
+                usage = bedrock.header_usage(response.headers)  # a model whose body we do not read
         body = content if parsed is not None else _opaque_body(content)
     if status is not None and status >= 400:
         error = f"HTTP {status}: {error_text(parsed) or (response.reason if response else '')}".rstrip(": ")

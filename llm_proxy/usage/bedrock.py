@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from . import anthropic
@@ -86,6 +87,16 @@ def invoke_usage(body: Any) -> Usage:
     if "prompt_token_count" in body:  # Meta Llama
         return Usage(input_tokens=count(body, "prompt_token_count"), output_tokens=count(body, "generation_token_count"))
     return invocation_usage(body.get("amazon-bedrock-invocationMetrics"))
+
+
+def header_usage(headers: Mapping[str, str]) -> Usage:
+    """InvokeModel's `X-Amzn-Bedrock-Input-Token-Count` / `-Output-Token-Count` response headers,
+    sent for every model: the counts of a body whose own usage we do not read (Titan, Cohere)."""
+    def header_count(name: str) -> int | None:
+        value = headers.get(name)
+        return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
+    return Usage(input_tokens=header_count("x-amzn-bedrock-input-token-count"),
+                 output_tokens=header_count("x-amzn-bedrock-output-token-count"))
 
 
 class ConverseStream(StreamParser):

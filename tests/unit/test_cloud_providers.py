@@ -257,6 +257,12 @@ def test_event_stream_split_at_every_byte(api, data, expected):
     assert usage_dict(meter.parser.usage, expected) == expected
 
 
+def test_azure_stream_takes_the_model_from_a_chunk_that_names_one():
+    meter = meter_for(apis.OPENAI_CHAT, "text/event-stream")
+    run(meter, T.AZURE_CHAT_SSE, [])
+    assert meter.parser.response_model == "gpt-4o-2024-11-20"  # not the filter-results chunk's ""
+
+
 def test_converse_stream_rebuilds_the_converse_response():
     meter = meter_for(apis.BEDROCK_CONVERSE, EVENTSTREAM)
     run(meter, T.CONVERSE_STREAM, [])
@@ -394,3 +400,17 @@ def test_close_call_of_a_converse_json_answer():
 def test_aws_error_bodies(body, expected):
     from llm_proxy.usage import error_text
     assert error_text(body) == expected
+
+
+def test_invoke_of_a_model_we_do_not_read_takes_the_count_headers():
+    flow = make_flow("/model/amazon.titan-text-express-v1/invoke", {"inputText": "hi"},
+                     host="bedrock-runtime.us-east-1.amazonaws.com", port=443, headers={"Authorization": SIGV4})
+    call = open_call(flow, route_of(flow))
+    flow.response = tutils.tresp(content=b'{"inputTextTokenCount": 3, "results": [{"tokenCount": 9}]}')
+    flow.response.headers["X-Amzn-Bedrock-Input-Token-Count"] = "3"
+    flow.response.headers["X-Amzn-Bedrock-Output-Token-Count"] = "9"
+    record, _ = close_call(flow, call, log_bodies=False)
+    assert (record.model, record.input_tokens, record.output_tokens) == ("amazon.titan-text-express-v1", 3, 9)
+    flow.response.headers["X-Amzn-Bedrock-Output-Token-Count"] = "-9"
+    record, _ = close_call(flow, open_call(flow, route_of(flow)), log_bodies=False)
+    assert (record.input_tokens, record.output_tokens) == (3, None)
