@@ -26,6 +26,7 @@ SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"
                            "x-amz-signature", "x-amz-security-token"})  # the last two: AWS presigned URLs
 MASK = "***"
 _SIGV4 = "AWS4-"  # AWS4-HMAC-SHA256, AWS4-ECDSA-P256-SHA256 (SigV4a)
+_SIGV4_BYTES = _SIGV4.encode()
 # A second "?" separates too for servers that split on it, so "?x?key=" hides a key as well.
 # A request path has no fragment: mitmproxy reads "?#&key=" as a key, so "#" separates as well.
 _PARAM_SEPARATOR = re.compile(r"(&|;|\?|#|%3[Bb])")
@@ -72,7 +73,7 @@ def _sigv4_identity(params: str) -> str | None:
 def is_signed(request: http.Request) -> bool:
     """An AWS SigV4-signed request (header or presigned query), which must not be altered in any way."""
     for name, value in request.headers.fields:
-        if name.lower() == b"authorization" and value[:5].upper() == b"AWS4-":
+        if name.lower() == b"authorization" and value[:5].upper() == _SIGV4_BYTES:
             return True
     return b"?" in request.data.path and b"x-amz-signature=" in request.data.path.lower()
 

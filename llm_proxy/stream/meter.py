@@ -57,7 +57,7 @@ class StreamMeter:
             logger.exception("stream meter failed; passing the rest through unmetered")
             return self._give_up(f"meter error: {e!r}", [], data)
         kept = self._dispatch(events)
-        corrupt = getattr(self.decoder, "corrupt", None)
+        corrupt = self.decoder.corrupt
         if corrupt is not None:
             # A binary stream that fails its own checks: whatever it said before may be as wrong,
             # so its usage is unknown rather than partly counted.
