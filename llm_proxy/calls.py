@@ -91,7 +91,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     )
     if route.upstream_url is not None:
         request.url = route.upstream_url
-    if is_signed(request):
+    if is_signed(request, secret):
         # SigV4 signs the method, path, query, the signed headers and the body's hash: any change
         # (even header order or accept-encoding) makes the provider refuse the call, so a signed
         # request goes upstream exactly as the client sent it. Its answer is metered all the same.

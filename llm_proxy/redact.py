@@ -26,7 +26,7 @@ SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"
                            "x-amz-signature", "x-amz-security-token"})  # the last two: AWS presigned URLs
 MASK = "***"
 _SIGV4 = "AWS4-"  # AWS4-HMAC-SHA256, AWS4-ECDSA-P256-SHA256 (SigV4a)
-_SIGV4_BYTES = _SIGV4.encode()
+SIGV4_IDENTITY = "aws-sigv4:"  # what client_key makes of a SigV4 Authorization: this + the access key id
 # A second "?" separates too for servers that split on it, so "?x?key=" hides a key as well.
 # A request path has no fragment: mitmproxy reads "?#&key=" as a key, so "#" separates as well.
 _PARAM_SEPARATOR = re.compile(r"(&|;|\?|#|%3[Bb])")
@@ -66,16 +66,21 @@ def _sigv4_identity(params: str) -> str | None:
         name, _, value = part.strip().partition("=")
         if name == "Credential" and value:
             access_key = value.partition("/")[0]
-            return f"aws-sigv4:{access_key}" if access_key else None
+            return f"{SIGV4_IDENTITY}{access_key}" if access_key else None
     return None
 
 
-def is_signed(request: http.Request) -> bool:
-    """An AWS SigV4-signed request (header or presigned query), which must not be altered in any way."""
-    for name, value in request.headers.fields:
-        if name.lower() == b"authorization" and value[:5].upper() == _SIGV4_BYTES:
-            return True
-    return b"?" in request.data.path and b"x-amz-signature=" in request.data.path.lower()
+def is_signed(request: http.Request, secret: str | None) -> bool:
+    """An AWS SigV4-signed request, which must not be altered in any way.
+
+    `secret` is `client_key(request)`, which already read the `Authorization` header (it
+    ranks first): a SigV4 one comes back as its access key id, or whole when it names none.
+    A presigned URL carries the signature in its query instead.
+    """
+    if secret is not None and (secret.startswith(SIGV4_IDENTITY) or secret[:5].upper() == _SIGV4):
+        return True
+    path = request.data.path
+    return b"?" in path and b"x-amz-signature=" in path.lower()
 
 
 def fingerprint(secret: str) -> str:

@@ -155,9 +155,13 @@ def test_a_signed_request_is_not_altered_at_all():
 
 def test_presigned_query_is_signed_and_masked():
     flow = make_flow("/model/m/invoke?X-Amz-Signature=deadbeef&X-Amz-Security-Token=tok&x=1", {})
-    assert is_signed(flow.request)
+    assert is_signed(flow.request, client_key(flow.request))
     assert mask_url(flow.request.path) == "/model/m/invoke?X-Amz-Signature=***&X-Amz-Security-Token=***&x=1"
-    assert not is_signed(make_flow("/v1/chat/completions", {}, headers={"Authorization": "Bearer x"}).request)
+    bearer = make_flow("/v1/chat/completions", {}, headers={"Authorization": "Bearer x"}).request
+    assert not is_signed(bearer, client_key(bearer))
+    # A SigV4 header that names no credential is still a signature, and is kept whole as the key.
+    odd = make_flow("/model/m/invoke", {}, headers={"Authorization": "aws4-hmac-sha256 Signature=ab"}).request
+    assert client_key(odd) == "aws4-hmac-sha256 Signature=ab" and is_signed(odd, client_key(odd))
 
 
 def test_bedrock_local_errors_use_the_aws_shape():
