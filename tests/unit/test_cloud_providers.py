@@ -418,3 +418,22 @@ def test_invoke_of_a_model_we_do_not_read_takes_the_count_headers():
     flow.response.headers["X-Amzn-Bedrock-Output-Token-Count"] = "-9"
     record, _ = close_call(flow, open_call(flow, route_of(flow)), log_bodies=False)
     assert (record.input_tokens, record.output_tokens) == (3, None)
+
+
+@pytest.mark.parametrize(("provider", "model"), [
+    ("bedrock", "anthropic.claude-opus-4-5-20251101-v1:0"),
+    ("bedrock", "global.anthropic.claude-opus-4-5-20251101-v1:0"),
+    ("bedrock", "eu.anthropic.claude-haiku-4-5-20251001-v1:0"),
+    ("bedrock", "apac.anthropic.claude-sonnet-4-20250514-v1:0"),
+    ("bedrock", "us.anthropic.claude-3-7-sonnet-20250219-v1:0"),
+    ("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    ("vertex", "claude-opus-4-1@20250805"),
+    ("vertex", "claude-haiku-4-5@20251001"),
+    ("vertex", "claude-sonnet-4-5@20250929"),
+    ("vertex", "gemini-2.5-pro"),
+    ("azure", "gpt-4.1-mini"),
+    ("xai", "grok-4-fast-reasoning"),
+])
+def test_agents_models_have_a_price(provider, model):
+    cost = PRICER.usage(provider, None, model, Usage(1000, 100), ts=TS)
+    assert cost is not None and cost > 0
