@@ -278,3 +278,21 @@ def test_bedrock_api_key_through_the_reverse_proxy(reverse: Proxy, cloud: CloudU
     [row] = rows.wait(token)
     check_row(row, provider="bedrock", api=apis.BEDROCK_INVOKE, model=T.BEDROCK_MODEL, response_model=None,
               input_tokens=14, output_tokens=5, streaming=False, cost_usd=Decimal(14 * 3 + 5 * 15) / M)
+
+
+def test_bedrock_corrupt_stream_reaches_the_client_whole_and_leaves_usage_unknown(
+        regular: Proxy, cloud: CloudUpstream, rows: Rows) -> None:
+    access_key = f"AKIA{secrets.token_hex(8).upper()}"
+    with httpx.Client(proxy=regular.url, timeout=30) as client:
+        request = signed_request(client, cloud, "converse-stream", b"{}", access_key)
+        request.url = request.url.copy_with(path="/model/corrupt-model/converse-stream")
+        response = client.send(request, stream=True)
+        try:
+            received = b"".join(response.iter_raw())
+        finally:
+            response.close()
+    assert len(received) == len(T.CONVERSE_STREAM) and received != T.CONVERSE_STREAM  # as sent, flipped byte too
+    [row] = rows.wait_for("key_id = %s", (fingerprint(f"aws-sigv4:{access_key}"),))
+    assert (row["status"], row["model"], row["input_tokens"], row["output_tokens"], row["cost_usd"]) == (
+        200, "corrupt-model", None, None, None)
+    assert "message CRC mismatch" in row["error"]

@@ -42,6 +42,10 @@ def reply_for(path: str, body: bytes) -> tuple[str, bytes, bool]:
     if bare.endswith("/converse"):
         return "application/json", json.dumps(T.CONVERSE_JSON).encode(), False
     if bare.endswith("/converse-stream"):
+        if "corrupt" in bare:  # one payload byte flipped in the last frame: its CRC no longer matches
+            data = bytearray(T.CONVERSE_STREAM)
+            data[-10] ^= 0x01
+            return EVENTSTREAM, bytes(data), True
         return EVENTSTREAM, T.CONVERSE_STREAM, True
     if bare.endswith("/invoke"):
         return "application/json", json.dumps(T.INVOKE_JSON).encode(), False
