@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import httpx2
 import openai
 import pytest
 from google import genai
@@ -296,3 +297,51 @@ def test_bedrock_corrupt_stream_reaches_the_client_whole_and_leaves_usage_unknow
     assert (row["status"], row["model"], row["input_tokens"], row["output_tokens"], row["cost_usd"]) == (
         200, "corrupt-model", None, None, None)
     assert "message CRC mismatch" in row["error"]
+
+
+# --- the shipped providers.toml's wildcard hosts, as a regular-mode client reaches them ----------
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory: pytest.TempPathFactory, cloud: CloudUpstream, pg_url: str,
+            pg_table: str) -> Iterator[Proxy]:
+    """The shipped providers.toml, in upstream mode: clients use the proxy as their HTTP proxy and
+    name the real hosts (res.openai.azure.com, us-east5-aiplatform.googleapis.com, ...); the proxy
+    matches them by providers.toml's hosts and hands each request to the fake as its next proxy,
+    so no DNS is needed."""
+    tmp = tmp_path_factory.mktemp("cloud-chained")
+    proxy = Proxy(["--mode", f"upstream:{cloud.url}", "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}"],
+                  confdir=tmp / "conf").start()
+    proxy.wait_for_log("llm-proxy writing rows to")
+    yield proxy
+    proxy.stop()
+
+
+def test_shipped_wildcard_hosts_meter_azure_vertex_and_bedrock(chained: Proxy, cloud: CloudUpstream,
+                                                                rows: Rows) -> None:
+    key = f"azure-{secrets.token_hex(8)}"
+    with httpx.Client(proxy=chained.url, timeout=30) as http_client:
+        azure = openai.AzureOpenAI(azure_endpoint="http://my-resource.openai.azure.com", api_key=key,
+                                   api_version="2024-10-21", max_retries=0, http_client=http_client)
+        azure.chat.completions.create(model=T.AZURE_DEPLOYMENT, messages=[{"role": "user", "content": "hi"}])
+        token = f"ya29.{secrets.token_hex(8)}"
+        with httpx2.Client(proxy=chained.url, timeout=30) as anthropic_http:  # the anthropic SDK's own httpx
+            vertex = anthropic.AnthropicVertex(region="us-east5", project_id="my-project", access_token=token,
+                                               base_url="http://us-east5-aiplatform.googleapis.com/v1",
+                                               max_retries=0, http_client=anthropic_http)
+            vertex.messages.create(model=T.VERTEX_CLAUDE, max_tokens=64,
+                                   messages=[{"role": "user", "content": "hi"}])
+        access_key = f"AKIA{secrets.token_hex(8).upper()}"
+        request = signed_request(http_client, cloud, "converse", b'{"messages": []}', access_key)
+        request.url = request.url.copy_with(host="bedrock-runtime.eu-west-1.amazonaws.com", port=None)
+        request.headers["Host"] = "bedrock-runtime.eu-west-1.amazonaws.com"
+        assert http_client.send(request).status_code == 200
+    upstream = next(r for r in reversed(cloud.requests) if access_key.encode() in b"".join(r.header_lines))
+    assert upstream.header_lines == [name + b": " + value for name, value in request.headers.raw]
+    [azure_row] = rows.wait(key)
+    check_row(azure_row, provider="azure", model=T.AZURE_DEPLOYMENT, response_model="gpt-4o-2024-11-20",
+              input_tokens=1200, cost_usd=(176 * Decimal("2.5") + 1024 * Decimal("1.25") + 10 * 10) / M)
+    [vertex_row] = rows.wait(token)
+    check_row(vertex_row, provider="vertex", api=apis.VERTEX_ANTHROPIC, model=T.VERTEX_CLAUDE, input_tokens=530)
+    [bedrock_row] = rows.wait_for("key_id = %s", (fingerprint(f"aws-sigv4:{access_key}"),))
+    check_row(bedrock_row, provider="bedrock", api=apis.BEDROCK_CONVERSE, model=T.BEDROCK_MODEL, input_tokens=1320,
+              cost_usd=(120 * 3 + 1000 * Decimal("0.3") + 200 * Decimal("3.75") + 35 * 15) / M)
