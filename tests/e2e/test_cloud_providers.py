@@ -87,7 +87,7 @@ def regular(tmp_path_factory: pytest.TempPathFactory, cloud: CloudUpstream, pg_u
             pg_table: str) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("cloud-regular")
     providers = _providers(tmp / "p.toml", cloud.url, regular_bedrock_host=f"127.0.0.1:{cloud.port}")
-    proxy = Proxy(["--set", f"llm_providers={providers}", "--set", f"llm_db={pg_url}",
+    proxy = Proxy(["--mode", "regular@0", "--set", f"llm_providers={providers}", "--set", f"llm_db={pg_url}",
                    "--set", f"llm_table={pg_table}"], confdir=tmp / "conf").start()
     proxy.wait_for_log("llm-proxy writing rows to")
     yield proxy
@@ -309,7 +309,7 @@ def chained(tmp_path_factory: pytest.TempPathFactory, cloud: CloudUpstream, pg_u
     matches them by providers.toml's hosts and hands each request to the fake as its next proxy,
     so no DNS is needed."""
     tmp = tmp_path_factory.mktemp("cloud-chained")
-    proxy = Proxy(["--mode", f"upstream:{cloud.url}", "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}"],
+    proxy = Proxy(["--mode", f"upstream:{cloud.url}@0", "--set", f"llm_db={pg_url}", "--set", f"llm_table={pg_table}"],
                   confdir=tmp / "conf").start()
     proxy.wait_for_log("llm-proxy writing rows to")
     yield proxy
