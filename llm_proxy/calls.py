@@ -106,10 +106,24 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
         and api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS)
         and isinstance(body, dict)
         and not (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"))
+        and _accepts_stream_options(request)
     ):
         request.content = json.dumps(_with_stream_usage(body)).encode()
         call.strip_usage_chunk = True
     return call
+
+
+# Azure OpenAI answers 400 "Unknown parameter: 'stream_options'" before this api-version.
+_FIRST_STREAM_OPTIONS_VERSION = "2024-08-01"
+
+
+def _accepts_stream_options(request: http.Request) -> bool:
+    """False for an Azure OpenAI dated api-version older than stream_options: injecting it would
+    make the provider refuse a call the client made correctly (its stream is then unmetered)."""
+    if b"api-version=" not in request.data.path:
+        return True  # not Azure, or its v1 API (no api-version)
+    version = request.query.get("api-version", "")
+    return version[:10] >= _FIRST_STREAM_OPTIONS_VERSION
 
 
 def unreadable_call(flow: http.HTTPFlow, route: Route) -> Call:

@@ -437,3 +437,18 @@ def test_invoke_of_a_model_we_do_not_read_takes_the_count_headers():
 def test_agents_models_have_a_price(provider, model):
     cost = PRICER.usage(provider, None, model, Usage(1000, 100), ts=TS)
     assert cost is not None and cost > 0
+
+
+
+@pytest.mark.parametrize(("query", "injected"), [
+    ("?api-version=2024-02-01", False), ("?api-version=2024-06-01", False),
+    ("?api-version=2024-08-01-preview", True), ("?api-version=2024-10-21", True),
+    ("?api-version=2025-04-01-preview", True), ("", True),
+])
+def test_azure_stream_usage_is_asked_for_only_where_the_api_version_accepts_it(query, injected):
+    path = ("/openai/v1/chat/completions" if not query
+            else f"/openai/deployments/{T.AZURE_DEPLOYMENT}/chat/completions{query}")
+    flow = make_flow(path, {"messages": [], "stream": True}, host="res.openai.azure.com")
+    call = open_call(flow, route_of(flow))
+    assert call.strip_usage_chunk is injected
+    assert ("stream_options" in json.loads(flow.request.content)) is injected
