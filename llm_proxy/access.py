@@ -141,7 +141,7 @@ class Access:
                                 f"set {provider.api_key_env} where the proxy runs", "provider_key_missing")
         if not may_carry_real_key(call.route.api, request.method, split_query(request.path)[0]):
             real = None  # llm_record=all: a non-model path is recorded, but never sent with the real key
-        replace_credentials(request, provider.format, real)
+        replace_credentials(request, provider.format, real, provider.key_header)
         return None
 
     async def _spend_of(self, name: str) -> Decimal | None:

@@ -55,7 +55,8 @@ failures = FailureLog(logger)
 
 STOPPED_IN_FLIGHT = "llm-proxy stopped before the call ended (the provider may have billed it)"
 
-_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl",
+                 "application/vnd.amazon.eventstream")
 _WRITER_OPTIONS = {"llm_db", "llm_table", "llm_body_max_bytes", "llm_budget_refresh", "llm_journal",
                    "llm_journal_max_mb", "llm_writer_max_mb"}
 _GATE_OPTIONS = {"llm_max_concurrent", "llm_queue_max", "llm_queue_timeout"}

@@ -18,12 +18,12 @@ from mitmproxy import http
 
 from . import apis, headers
 from .keys.model import hash_secret
-from .redact import client_key, fingerprint_of, key_param_to_header, mask_url
+from .redact import client_key, fingerprint_of, is_signed, key_param_to_header, mask_url
 from .record import Record
 from .limits.gate import Gate
 from .routing import Route
 from .stream.meter import StreamMeter
-from .usage import Usage, error_text, json_usage
+from .usage import Usage, bedrock, error_text, json_usage
 from .usage.base import loads
 
 
@@ -70,9 +70,11 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     body = loads(raw)
     api = route.api
     bare_path = request.path.partition("?")[0]
-    model = apis.model_from_path(bare_path) if api == apis.GEMINI_GENERATE else None
+    model = apis.model_from_path(bare_path, api) if api in apis.MODEL_IN_PATH else None
     if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
         model = body["model"]
+    if model is None and "/deployments/" in bare_path:
+        model = apis.model_from_path(bare_path, api)  # Azure OpenAI: the deployment stands for the model
     streaming = apis.wants_stream(api, bare_path, body)
     secret = client_key(request)
     key_hash = hash_secret(secret) if secret else None
@@ -89,6 +91,11 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     )
     if route.upstream_url is not None:
         request.url = route.upstream_url
+    if is_signed(request, secret):
+        # SigV4 signs the method, path, query, the signed headers and the body's hash: any change
+        # (even header order or accept-encoding) makes the provider refuse the call, so a signed
+        # request goes upstream exactly as the client sent it. Its answer is metered all the same.
+        return call
     if route.provider.format == "gemini" and b"?" in request.data.path:
         key_param_to_header(request)
     if api in apis.METERED:
@@ -99,10 +106,24 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
         and api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS)
         and isinstance(body, dict)
         and not (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"))
+        and _accepts_stream_options(request)
     ):
         request.content = json.dumps(_with_stream_usage(body)).encode()
         call.strip_usage_chunk = True
     return call
+
+
+# Azure OpenAI answers 400 "Unknown parameter: 'stream_options'" before this api-version.
+_FIRST_STREAM_OPTIONS_VERSION = "2024-08-01"
+
+
+def _accepts_stream_options(request: http.Request) -> bool:
+    """False for an Azure OpenAI dated api-version older than stream_options: injecting it would
+    make the provider refuse a call the client made correctly (its stream is then unmetered)."""
+    if b"api-version=" not in request.data.path:
+        return True  # not Azure, or its v1 API (no api-version)
+    version = request.query.get("api-version", "")
+    return version[:10] >= _FIRST_STREAM_OPTIONS_VERSION
 
 
 def unreadable_call(flow: http.HTTPFlow, route: Route) -> Call:
@@ -163,6 +184,8 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
         parsed = loads(content)
         if status is not None and 200 <= status < 300:
             usage, response_model = json_usage(call.route.api, parsed)
+            if not usage.known and call.route.api == apis.BEDROCK_INVOKE:
+                usage = bedrock.header_usage(response.headers)  # a model whose body we do not read
         body = content if parsed is not None else _opaque_body(content)
     if status is not None and status >= 400:
         error = f"HTTP {status}: {error_text(parsed) or (response.reason if response else '')}".rstrip(": ")

@@ -34,9 +34,11 @@ _GEMINI_STATUS = {
 
 def family(api: str, provider_format: str) -> str:
     """The error shape a client expects: its API's family, else the provider's format."""
-    for prefix in ("openai", "anthropic", "gemini", "ollama"):
+    for prefix in ("openai", "anthropic", "gemini", "ollama", "bedrock"):
         if api.startswith(prefix):
             return prefix
+    if api == "vertex-anthropic":
+        return "anthropic"
     return provider_format
 
 
@@ -47,6 +49,8 @@ def error_body(shape: str, status: int, message: str, code: str | None = None) -
         return {"error": {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
     if shape == "ollama":
         return {"error": message}
+    if shape == "bedrock":
+        return {"message": message}  # AWS JSON protocol errors: the SDKs read `message`
     kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 

@@ -22,8 +22,11 @@ _KEY_HEADER_RANK = {name.encode(): rank for rank, name in enumerate(KEY_HEADERS)
 _AUTHORIZATION_RANK = _KEY_HEADER_RANK[b"authorization"]
 # Query parameters that carry a credential: Gemini's `key`, and the names other APIs and
 # gateways use. Matched after percent-decoding and case-folding, as a server would read them.
-SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
+SECRET_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token",
+                           "x-amz-signature", "x-amz-security-token"})  # the last two: AWS presigned URLs
 MASK = "***"
+_SIGV4 = "AWS4-"  # AWS4-HMAC-SHA256, AWS4-ECDSA-P256-SHA256 (SigV4a)
+SIGV4_IDENTITY = "aws-sigv4:"  # what client_key makes of a SigV4 Authorization: this + the access key id
 # A second "?" separates too for servers that split on it, so "?x?key=" hides a key as well.
 # A request path has no fragment: mitmproxy reads "?#&key=" as a key, so "#" separates as well.
 _PARAM_SEPARATOR = re.compile(r"(&|;|\?|#|%3[Bb])")
@@ -44,11 +47,40 @@ def client_key(request: http.Request) -> str | None:
         value = found.decode("utf-8", "surrogateescape")  # as mitmproxy's Headers decode it
         if rank == _AUTHORIZATION_RANK:
             scheme, _, token = value.partition(" ")
+            if scheme.upper().startswith(_SIGV4):
+                return _sigv4_identity(token) or value
             value = token.strip() if scheme.lower() == "bearer" and token else value
         return value
     if b"?" not in request.data.path:
         return None
     return request.query.get("key") or None
+
+
+def _sigv4_identity(params: str) -> str | None:
+    """The access key id of a SigV4 `Authorization` (`Credential=AKID/date/region/service/aws4_request`).
+
+    The header's signature changes with every request; the access key id names the
+    credential, so it is what a passthrough row's key_id fingerprints (hashed like any key).
+    """
+    for part in params.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "Credential" and value:
+            access_key = value.partition("/")[0]
+            return f"{SIGV4_IDENTITY}{access_key}" if access_key else None
+    return None
+
+
+def is_signed(request: http.Request, secret: str | None) -> bool:
+    """An AWS SigV4-signed request, which must not be altered in any way.
+
+    `secret` is `client_key(request)`, which already read the `Authorization` header (it
+    ranks first): a SigV4 one comes back as its access key id, or whole when it names none.
+    A presigned URL carries the signature in its query instead.
+    """
+    if secret is not None and (secret.startswith(SIGV4_IDENTITY) or secret[:5].upper() == _SIGV4):
+        return True
+    path = request.data.path
+    return b"?" in path and b"x-amz-signature=" in path.lower()
 
 
 def fingerprint(secret: str) -> str:
@@ -112,11 +144,15 @@ _PROVIDER_AUTH = {
 }
 
 
-def replace_credentials(request: http.Request, provider_format: str, real_key: str | None) -> None:
-    """Remove whatever key the client sent and, if the provider needs one, set the real one."""
+def replace_credentials(request: http.Request, provider_format: str, real_key: str | None,
+                        key_header: str | None = None) -> None:
+    """Remove whatever key the client sent and, if the provider needs one, set the real one
+    (in `key_header` when the provider names one: Azure OpenAI reads `api-key`)."""
     add: tuple[tuple[bytes, bytes], ...] = ()
     if real_key:
         header, template = _PROVIDER_AUTH[provider_format]
+        if key_header is not None:
+            header, template = key_header, ("Bearer {}" if key_header == "authorization" else "{}")
         add = ((header.encode(), template.format(real_key).encode()),)
     headers.rewrite(request.headers, _KEY_HEADER_RANK, add)
     if b"?" in request.data.path:

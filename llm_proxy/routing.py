@@ -84,8 +84,10 @@ def plan_call(providers: Providers, route: Route, model: str | None, *, by_model
     reverse target, unless that one declares models and this is not among
     them (then: the reason for a 400).
     """
-    model_route = providers.routes.find(model)
     primary = Target(route.provider.name)
+    if route.api in apis.PASS_THROUGH:
+        return make_plan(primary, None, 0)  # signed or self-addressed: only ever sent as it came
+    model_route = providers.routes.find(model)
     if model_route is not None and model_route.target is not None and (
         by_model or model_route.target.provider == route.provider.name
     ):

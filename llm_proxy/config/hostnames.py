@@ -16,6 +16,7 @@ that closed use `llm_only_providers`, which refuses every non-provider host.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from typing import Protocol
 
@@ -68,6 +69,30 @@ def canonical_host_port(entry: str) -> tuple[str, int | None]:
         if text.isdigit():
             host, port = name, int(text)
     return canonical_host(host), port
+
+
+_LABEL = re.compile(r"[a-z0-9*-]+")
+_NAME_CHARS = "[a-z0-9-]"
+
+
+def host_pattern(host: str) -> re.Pattern[str] | None:
+    """The matcher of a wildcard `hosts` entry, None for a plain host; ValueError if it is unsafe.
+
+    `*` stands for one or more letters, digits or hyphens inside ONE label, so
+    `*.openai.azure.com` is any Azure resource, `bedrock-runtime.*.amazonaws.com` any region
+    and `*-aiplatform.googleapis.com` any Vertex region. No `*` reaches across a dot
+    (`a.b.openai.azure.com` is not `*.openai.azure.com`), the host must be a plain DNS name
+    to match, and the last two labels must be literal, so no entry claims a whole domain.
+    """
+    if "*" not in host:
+        return None
+    labels = host.split(".")
+    if len(labels) < 3 or any(not _LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"wildcard host {host!r}: labels of a-z, 0-9, '-' and '*' only, at least three of them")
+    if any("*" in label for label in labels[-2:]):
+        raise ValueError(f"wildcard host {host!r}: its last two labels must be literal (e.g. *.openai.azure.com)")
+    parts = [f"{_NAME_CHARS}+".join(re.escape(piece) for piece in label.split("*")) for label in labels]
+    return re.compile(r"\.".join(parts))
 
 
 class _Providers(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,13 +17,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .hostnames import canonical_host, canonical_host_port
+from .hostnames import canonical_host, canonical_host_port, host_pattern
 from .memo import Memo
 from .models import ModelRoutes, parse_models
 
 FORMATS = ("openai", "anthropic", "gemini", "ollama")
 _FIELDS = {
     "base_url", "format", "hosts", "api_key_env", "base_url_env", "inject_stream_usage", "openai_base", "models",
+    "key_header",
 }
 # Where a provider of each format serves the OpenAI-compatible API, unless providers.toml says.
 _DEFAULT_OPENAI_BASE = {"openai": "/v1", "ollama": "/v1", "anthropic": None, "gemini": None}
@@ -42,11 +44,24 @@ class Provider:
     openai_base: str | None = None
     # Globs of the model names it serves, for routing calls by model (empty: not declared).
     models: tuple[str, ...] = ()
+    # The header the real key goes in (keys mode), when not its format's own (Azure: "api-key").
+    key_header: str | None = None
     # `hosts` as (canonical host, port or None): what regular-mode matching compares.
     host_keys: frozenset[tuple[str, int | None]] = field(init=False, repr=False, compare=False)
+    # Wildcard `hosts` entries (`*.openai.azure.com`) as (matcher, port or None).
+    host_patterns: tuple[tuple[re.Pattern[str], int | None], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "host_keys", frozenset(canonical_host_port(h) for h in self.hosts))
+        keys, patterns = set(), []
+        for entry in self.hosts:
+            host, port = canonical_host_port(entry)
+            pattern = host_pattern(host)
+            if pattern is None:
+                keys.add((host, port))
+            else:
+                patterns.append((pattern, port))
+        object.__setattr__(self, "host_keys", frozenset(keys))
+        object.__setattr__(self, "host_patterns", tuple(patterns))
 
     def accepts(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -72,7 +87,10 @@ class Provider:
         """True if `host:port` is one of this provider's hosts (a bare host matches any port),
         compared as the connection reads them (hostnames.canonical_host), not by spelling."""
         canon = canonical_host(host)
-        return (canon, None) in self.host_keys or (canon, port) in self.host_keys
+        if (canon, None) in self.host_keys or (canon, port) in self.host_keys:
+            return True
+        return any((want is None or want == port) and pattern.fullmatch(canon)
+                   for pattern, want in self.host_patterns)
 
 
 def generic_provider(host: str, scheme: str, port: int) -> Provider:
@@ -149,6 +167,11 @@ def parse_provider(name: str, table: Mapping[str, object], env: Mapping[str, str
         hosts_tuple = _default_hosts(base_url)
     elif isinstance(hosts, list) and hosts and all(isinstance(h, str) and h for h in hosts):
         hosts_tuple = tuple(h.lower() for h in hosts)
+        for entry in hosts_tuple:
+            try:
+                host_pattern(canonical_host_port(entry)[0])
+            except ValueError as e:
+                raise ConfigError(f"{where}: hosts: {e}") from None
     else:
         raise ConfigError(f"{where}: hosts must be a non-empty list of \"host\" or \"host:port\" strings")
     key_env = table.get("api_key_env")
@@ -163,9 +186,15 @@ def parse_provider(name: str, table: Mapping[str, object], env: Mapping[str, str
     models = table.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
         raise ConfigError(f"{where}: models must be a list of model names or globs")
+    key_header = table.get("key_header")
+    if key_header is not None and (not isinstance(key_header, str)
+                                   or key_header.lower() not in ("authorization", "x-api-key", "x-goog-api-key",
+                                                                 "api-key")):
+        raise ConfigError(f"{where}: key_header must be one of authorization, x-api-key, x-goog-api-key, api-key")
     return Provider(
         name, base_url.rstrip("/"), fmt, hosts_tuple, key_env, inject,
         openai_base.rstrip("/") if openai_base else None, tuple(models),
+        key_header.lower() if key_header else None,
     )
 
 

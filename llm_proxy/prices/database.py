@@ -40,7 +40,10 @@ from ..usage.model import Usage
 # Our provider names (providers.toml) that genai-prices spells differently.
 # Any other name is looked up as a genai-prices provider id, exactly: a fuzzy
 # match could price a custom provider ("my-openai-proxy") as another.
-PROVIDER_IDS: Mapping[str, str] = {"gemini": "google", "moonshot": "moonshotai"}
+PROVIDER_IDS: Mapping[str, str] = {
+    "gemini": "google", "moonshot": "moonshotai",
+    "xai": "x-ai", "bedrock": "aws", "vertex": "google",  # "azure" is spelled alike
+}
 
 # Tiers a response reports for an ordinary call: priced at the standard rates.
 STANDARD_TIERS = frozenset({"", "default", "standard", "auto", "on_demand"})

@@ -104,8 +104,10 @@ def forward_headers(headers: Mapping[str, str], *, same_provider: bool, same_for
     return out
 
 
-def _auth(target_api: str, real_key: str) -> dict[str, str]:
+def _auth(target_api: str, real_key: str, key_header: str | None = None) -> dict[str, str]:
     """The key as the API expects it (Gemini's OpenAI-compatible endpoint takes a Bearer token)."""
+    if key_header is not None and key_header != "authorization":
+        return {key_header: real_key}  # the provider's own header (Azure OpenAI: api-key)
     if target_api == apis.ANTHROPIC_MESSAGES:
         return {"x-api-key": real_key}
     if target_api == apis.GEMINI_GENERATE:
@@ -189,7 +191,7 @@ def build_request(
         new_body["model"] = model
     out_headers = forward_headers(headers, same_provider=same_provider, same_format=translation is None)
     if real_key and not same_provider:
-        out_headers.update(_auth(target_api, real_key))
+        out_headers.update(_auth(target_api, real_key, provider.key_header))
     if target_api == apis.ANTHROPIC_MESSAGES:
         out_headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     out_headers["content-type"] = "application/json"

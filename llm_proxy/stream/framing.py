@@ -27,6 +27,8 @@ class Event(NamedTuple):
 class SSEDecoder:
     """Server-sent events (any of CRLF, LF, CR line ends; comments; multi-line data)."""
 
+    corrupt: str | None = None  # text framings are never corrupt; see eventstream.py
+
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
         self.overflowed = False  # an unfinished event outgrew the bound: stop parsing
@@ -94,6 +96,8 @@ class SSEDecoder:
 class NDJSONDecoder:
     """Newline-delimited JSON (Ollama): one event per non-empty line."""
 
+    corrupt: str | None = None  # text framings are never corrupt; see eventstream.py
+
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
         self.overflowed = False  # an unfinished event outgrew the bound: stop parsing
@@ -130,6 +134,8 @@ class JSONArrayDecoder:
     Only the meter buffers it, up to the bound; the client still gets every
     chunk at once. The elements are cut out when the stream ends.
     """
+
+    corrupt: str | None = None  # text framings are never corrupt; see eventstream.py
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes

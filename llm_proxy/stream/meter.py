@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import time
 
-from ..usage import StreamParser
+from ..usage import StreamParser, Usage
+from .eventstream import EventStreamDecoder
 from .framing import Event, JSONArrayDecoder, NDJSONDecoder, SSEDecoder
 
 logger = logging.getLogger(__name__)
 
-Decoder = SSEDecoder | NDJSONDecoder | JSONArrayDecoder
+Decoder = SSEDecoder | NDJSONDecoder | JSONArrayDecoder | EventStreamDecoder
 
 
 def decoder_for(content_type: str) -> Decoder:
     """Pick the framing from the response's content type."""
     content_type = content_type.lower()
+    if "vnd.amazon.eventstream" in content_type:
+        return EventStreamDecoder()
     if "ndjson" in content_type or "jsonl" in content_type:
         return NDJSONDecoder()
     if "json" in content_type:
@@ -54,6 +57,12 @@ class StreamMeter:
             logger.exception("stream meter failed; passing the rest through unmetered")
             return self._give_up(f"meter error: {e!r}", [], data)
         kept = self._dispatch(events)
+        corrupt = self.decoder.corrupt
+        if corrupt is not None:
+            # A binary stream that fails its own checks: whatever it said before may be as wrong,
+            # so its usage is unknown rather than partly counted.
+            self.parser.usage = Usage()
+            return self._give_up(corrupt, kept, data)
         if not data:
             self.finish()
         if self.decoder.overflowed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import apis
-from . import anthropic, gemini, ollama, openai
+from . import anthropic, bedrock, gemini, ollama, openai
 from .base import StreamParser
 from .model import Usage, error_text, text, tier_name
 
@@ -25,8 +25,12 @@ def json_usage(api: str, body: Any) -> tuple[Usage, str | None]:
         usage = openai.responses_usage(body.get("usage"))
         usage.service_tier = tier_name(body.get("service_tier"))
         return usage, model
-    if api == apis.ANTHROPIC_MESSAGES:
+    if api in (apis.ANTHROPIC_MESSAGES, apis.VERTEX_ANTHROPIC):
         return anthropic.messages_usage(body.get("usage")), model
+    if api == apis.BEDROCK_CONVERSE:
+        return bedrock.converse_usage(body.get("usage")), None
+    if api == apis.BEDROCK_INVOKE:
+        return bedrock.invoke_usage(body), None  # priced by the path's model id (usage/bedrock.py)
     if api == apis.GEMINI_GENERATE:
         return gemini.generate_usage(body.get("usageMetadata")), gemini.response_model(body)
     if api in (apis.OLLAMA_CHAT, apis.OLLAMA_GENERATE, apis.OLLAMA_EMBED):
@@ -42,8 +46,12 @@ def stream_parser(api: str, *, strip_usage_chunk: bool = False) -> StreamParser 
         return openai.ChatStream(strip_usage_chunk=strip_usage_chunk, legacy=True)
     if api == apis.OPENAI_RESPONSES:
         return openai.ResponsesStream()
-    if api == apis.ANTHROPIC_MESSAGES:
+    if api in (apis.ANTHROPIC_MESSAGES, apis.VERTEX_ANTHROPIC):
         return anthropic.MessagesStream()
+    if api == apis.BEDROCK_CONVERSE:
+        return bedrock.ConverseStream()
+    if api == apis.BEDROCK_INVOKE:
+        return bedrock.InvokeStream()
     if api == apis.GEMINI_GENERATE:
         return gemini.GenerateStream()
     if api in (apis.OLLAMA_CHAT, apis.OLLAMA_GENERATE):

@@ -184,7 +184,7 @@ def error_text(obj: Any) -> str | None:
 
     OpenAI `{"error": {"type", "message"}}`, Anthropic `{"type": "error",
     "error": {...}}`, Gemini `{"error": {"status", "message"}}`, Ollama
-    `{"error": "..."}`, Responses `{"type": "error", "code", "message"}`.
+    `{"error": "..."}`, Responses `{"type": "error", "code", "message"}`, AWS `{"message": "..."}`.
     """
     if not isinstance(obj, dict):
         return None
@@ -193,7 +193,9 @@ def error_text(obj: Any) -> str | None:
         return text(err)
     if not isinstance(err, dict):
         if obj.get("type") != "error":
-            return None
+            # AWS JSON protocol errors (Bedrock): {"message": "..."} (some services: "Message")
+            aws = obj.get("message") or obj.get("Message")
+            return text(aws) if isinstance(aws, str) and err is None else None
         err = obj
     kind = err.get("type") if err.get("type") != "error" else None
     kind = kind or err.get("status") or err.get("code")

@@ -224,7 +224,7 @@ def test_metered_and_free_sets():
     assert apis.ANTHROPIC_COUNT_TOKENS in apis.FREE
     assert apis.ANTHROPIC_COUNT_TOKENS not in apis.METERED
     assert apis.OTHER not in apis.METERED
-    assert len(apis.METERED) == 9
+    assert len(apis.METERED) == 12  # + bedrock-converse, bedrock-invoke, vertex-anthropic
 
 
 @pytest.mark.parametrize("path,model", [
