@@ -13,7 +13,9 @@ except ImportError:  # run from a plain checkout
 
 from llm_proxy.addon import LLMProxy
 from llm_proxy.control.addon import ControlPlane
+from llm_proxy.jobs.addon import Jobs
 
 metering = LLMProxy()
 control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
-addons = [control, metering, control.clock]  # the clock after metering times its hooks
+jobs = Jobs(metering)  # before metering: queues `Prefer: respond-async` calls, answers /_llm/jobs/
+addons = [control, jobs, metering, control.clock]  # the clock after metering times its hooks
