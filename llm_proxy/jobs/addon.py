@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+from datetime import timedelta
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
@@ -202,7 +203,6 @@ class Jobs:
     async def _expire_loop(self) -> None:
         while True:
             try:
-                from datetime import timedelta
                 cutoff = now() - timedelta(hours=ctx.options.llm_job_ttl)
                 assert self.store is not None
                 await self.store.run(lambda s: s.expire(cutoff))
@@ -220,11 +220,20 @@ class Jobs:
             self._job_call(flow)
             return
         if request.path.startswith(api.PREFIX):
-            flow.response = await self._api(flow)
+            try:
+                flow.response = await self._api(flow)
+            except Exception:
+                logger.exception("llm-proxy jobs API failed on %s %s", request.method, request.path)
+                flow.response = api_error(500, "the jobs API failed on this request; the proxy's log says why")
             return
         prefer = request.headers.get("prefer")
         if prefer and request.method == "POST" and wants_async(prefer):
-            response = await self._submit(flow)
+            try:
+                response = await self._submit(flow)
+            except Exception:
+                # Fail closed: the client asked for a job, not for a call it would wait for.
+                logger.exception("llm-proxy could not queue a job for %s", request.path)
+                response = api_error(500, "llm-proxy could not queue this job; its log says why")
             if response is not None:
                 flow.response = response
 

@@ -7,11 +7,14 @@ import contextlib
 import json
 import signal
 import socket
+import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import psycopg
 import pytest
@@ -150,3 +153,69 @@ def test_budget_alerts_once_per_threshold_across_two_proxies(start_proxy: ProxyF
     assert senders[80].json["spend_usd"] == "0.00225" and senders[100].json["spend_usd"] == "0.003"
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM llm_budget_alerts").fetchone() == (3,)
+
+
+def sqlite_jobs(path: Path) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(path) as conn:
+        return {job_id: (status, error) for job_id, status, error
+                in conn.execute("SELECT id, status, error FROM llm_jobs").fetchall()}
+
+
+def test_passthrough_key_kept_in_memory_only_ends_failed_after_a_restart(
+        start_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Without llm_webhook_secret a passthrough job's API key is never stored: after a crash the
+    job cannot run again, and says so instead of waiting forever."""
+    stall = Stall()
+    db = tmp_path / "jobs.db"
+
+    def options(target: FakeUpstream | Stall, where: str) -> list[str]:
+        (tmp_path / where).mkdir()
+        providers = write_providers(tmp_path / where / "providers.toml", target.url)
+        return ["--mode", f"reverse:{target.url}@0", "--set", f"llm_providers={providers}",
+                "--set", f"llm_db=sqlite:///{db}", "--set", "llm_jobs_concurrent=1", "--set", "llm_jobs_node=mem"]
+
+    first = start_proxy(options(stall, "first"))
+    key = new_key()
+    ids = [submit(first.url, key).json()["id"] for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while sorted(s for s, _ in sqlite_jobs(db).values()) != ["queued", "running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.stop(signal.SIGKILL)
+    stall.close()
+    second = start_proxy(options(upstream, "second"))
+    deadline = time.monotonic() + 15
+    while any(s != "failed" for s, _ in sqlite_jobs(db).values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ends = sqlite_jobs(db)
+    assert set(ends) == set(ids)
+    for status, error in ends.values():
+        assert status == "failed" and "kept only in memory" in (error or "") and "submit the call again" in error
+    assert key not in db.read_bytes().decode("latin-1")  # the key never reached the table
+    assert httpx.get(f"{second.url}/_llm/jobs/{ids[1]}").json()["status"] == "failed"
+
+
+def test_regular_mode_job_runs_through_the_proxy(start_proxy: ProxyFactory, tmp_path: Path) -> None:
+    """An HTTPS_PROXY client's job goes to the provider's real host over TLS, and is one row."""
+    with FakeUpstream(tls=True).start() as tls_upstream:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(f'[providers.openai]\nbase_url = "{tls_upstream.url}"\nformat = "openai"\n')
+        db = tmp_path / "rows.db"
+        proxy = start_proxy(["--mode", "regular@0", "--set", f"llm_providers={providers}",
+                             "--set", f"llm_db=sqlite:///{db}", "--set", "ssl_insecure=true"])
+        trust = ssl.create_default_context(cafile=proxy.confdir / "mitmproxy-ca-cert.pem")
+        with httpx.Client(proxy=proxy.url, verify=trust) as client:
+            accepted = client.post(f"{tls_upstream.url}/v1/chat/completions",
+                                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                                   headers={"authorization": "Bearer sk-regular", "prefer": "respond-async"})
+            assert accepted.status_code == 202, accepted.text
+            status_url = f"{tls_upstream.url}{accepted.headers['location']}"  # answered by the proxy itself
+            deadline = time.monotonic() + 15
+            while (done := client.get(status_url).json())["status"] not in ("completed", "failed"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert done["status"] == "completed", done
+        assert [r.headers["authorization"] for r in tls_upstream.requests] == ["Bearer sk-regular"]
+        assert "x-llm-proxy-job" not in tls_upstream.requests[0].headers
+        proxy.stop()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT request_id, status FROM llm_requests").fetchall() == [(done["request_id"], 200)]
