@@ -130,3 +130,41 @@ def submit(base: str, key: str, *, webhook: str | None = None, body: dict[str, A
         sent["llm-webhook"] = webhook
     return httpx.post(base + path, json=body or {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
                       headers=sent, timeout=10)
+
+
+class Held:
+    """An OpenAI-shaped upstream whose answers wait until the test releases them."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                held.release.wait(30)
+                body = json.dumps({"id": "held", "object": "chat.completion", "model": "gpt-4o-mini",
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "late"},
+                                                "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()

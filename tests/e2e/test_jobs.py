@@ -15,7 +15,7 @@ from llm_proxy.redact import fingerprint
 from tests.fakes.upstream import FakeUpstream
 
 from .conftest import Proxy, ProxyFactory, Rows, new_key, scenario, write_providers
-from .jobs_support import SECRET, Receiver, drop_schema, job, schema_url, submit, verify, wait_job
+from .jobs_support import SECRET, Held, Receiver, drop_schema, job, schema_url, submit, verify, wait_job
 
 TABLE = "llm_requests"
 
@@ -34,18 +34,27 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
-def proxy_args(upstream: FakeUpstream, tmp: Path, db: str, *extra: str) -> list[str]:
-    providers = write_providers(tmp / "providers.toml", upstream.url)
+@pytest.fixture(scope="module")
+def held() -> Iterator[Held]:
+    h = Held()
+    yield h
+    h.stop()
+
+
+def proxy_args(upstream: FakeUpstream, tmp: Path, db: str, *extra: str, held: Held | None = None) -> list[str]:
+    # "held" (path /held/...) answers when the test lets it.
+    more = f'\n[providers.held]\nbase_url = "{held.url}"\nformat = "openai"\nhosts = ["held.invalid"]\n' if held else ""
+    providers = write_providers(tmp / "providers.toml", upstream.url, more)
     return ["--mode", f"reverse:{upstream.url}@0", "--set", f"llm_providers={providers}", "--set", f"llm_db={db}",
             "--set", f"llm_table={TABLE}", "--set", f"llm_webhook_secret={SECRET}", *extra]
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, db: str) -> Iterator[Proxy]:
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, db: str, held: Held) -> Iterator[Proxy]:
     """Passthrough, one job at a time, local webhooks allowed, a quick retry schedule."""
     tmp = tmp_path_factory.mktemp("jobs")
     p = Proxy(proxy_args(upstream, tmp, db, "--set", "llm_jobs_concurrent=1", "--set", "llm_webhook_allow_private=true",
-                         "--set", "llm_webhook_retry_ms=5", "--set", "llm_webhook_timeout=1"),
+                         "--set", "llm_webhook_retry_ms=5", "--set", "llm_webhook_timeout=1", held=held),
               confdir=tmp / "conf").start()
     p.wait_for_log("llm-proxy writing rows to")
     yield p
@@ -85,9 +94,9 @@ def test_stream_with_respond_async_is_a_400(proxy: Proxy) -> None:
                                        stream=True, extra_headers={"prefer": "respond-async"})
 
 
-def test_queue_order_position_and_cancel(proxy: Proxy, db: str) -> None:
+def test_queue_order_position_and_cancel(proxy: Proxy, db: str, held: Held) -> None:
     key = new_key()
-    slow = submit(proxy.url, key, headers=scenario(first_delay=1.5)).json()["id"]
+    slow = submit(proxy.url, key, path="/held/v1/chat/completions").json()["id"]  # runs until released
     wait_job(proxy.url, slow, until=("running",))
     waiting = [submit(proxy.url, key).json()["id"] for _ in range(3)]
     assert [job(proxy.url, j).json()["queue_position"] for j in waiting] == [1, 2, 3]
@@ -97,12 +106,14 @@ def test_queue_order_position_and_cancel(proxy: Proxy, db: str) -> None:
     assert running.status_code == 409 and "running" in running.json()["error"]["message"]
     assert [job(proxy.url, j).json()["queue_position"] for j in (waiting[0], waiting[2])] == [1, 2]
     assert httpx.delete(f"{proxy.url}/_llm/jobs/job_{'0' * 32}").status_code == 404
+    held.release.set()
     ends = [wait_job(proxy.url, j) for j in (slow, waiting[0], waiting[2])]
     assert [e["status"] for e in ends] == ["completed"] * 3
     assert ends[0]["finished"] <= ends[1]["started"] <= ends[1]["finished"] <= ends[2]["started"]  # in order, one at a time
     assert httpx.delete(f"{proxy.url}/_llm/jobs/{slow}").status_code == 409  # finished
     assert wait_job(proxy.url, waiting[1])["started"] is None  # cancelled: never ran
     assert len(Rows(db, TABLE).wait(key, 3)) == 3
+    assert ends[0]["response"]["body"]["choices"][0]["message"]["content"] == "late"
 
 
 def test_webhook_retried_until_2xx_and_abandoned_when_it_never_answers(proxy: Proxy, receiver: Receiver) -> None:
