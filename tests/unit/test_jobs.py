@@ -244,3 +244,57 @@ def test_credentials_are_sealed_to_their_job() -> None:
 ])
 def test_prefer_header(header: str, expected: bool) -> None:
     assert wants_async(header) is expected
+
+
+# --- runner --------------------------------------------------------------------------
+
+def test_runner_starts_in_order_within_its_concurrency_and_the_gate(tmp_path: Path) -> None:
+    from llm_proxy.jobs.runner import Request, Result, Runner
+    from llm_proxy.limits.gate import Gate
+
+    store = JobStore(parse_db_url(f"sqlite:///{tmp_path / 'db.sqlite'}"), "llm_requests")
+    started: list[str] = []
+    ended: list[str] = []
+
+    async def scenario() -> None:
+        gate = Gate(limit=1, max_waiting=10, timeout=0.05)
+        release = asyncio.Event()
+        runner = Runner(store, "n1", 2, lambda: gate, lambda job: Request("http://unused/", [], b""),
+                        lambda job_id: job_id, lambda job_id: _record(ended, job_id))
+
+        async def send(job, request):  # noqa: ANN001, ANN202
+            started.append(job.id)
+            await release.wait()
+            return Result("completed", 200, b"{}")
+        runner._send = send  # type: ignore[method-assign]
+        for n in range(4):
+            await store.run(lambda s, n=n: s.insert(_job(n)))
+        await runner.fill()
+        await asyncio.sleep(0.05)
+        assert started == ["job_0"] and gate.active == 1  # the gate (1 slot) binds before concurrency (2)
+        assert (await store.run(lambda s: s.get("job_1"))).queue_position == 1
+        gate.limit = 5
+        await runner.fill()
+        await asyncio.sleep(0.05)
+        assert started == ["job_0", "job_1"] and len(runner.active) == 2  # now concurrency binds
+        assert await store.run(lambda s: s.cancel("job_2", datetime.now(UTC))) == "cancelled"
+        release.set()
+        for _ in range(100):
+            await runner.fill()
+            await asyncio.sleep(0.01)
+            if len(ended) == 3:
+                break
+        assert started == ["job_0", "job_1", "job_3"] and sorted(ended) == ["job_0", "job_1", "job_3"]
+        assert gate.active == 0 and not runner.active  # every slot given back
+        row = await store.run(lambda s: s.get("job_3"))
+        assert row.status == "completed" and row.response_status == 200
+        runner.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+async def _record(ended: list[str], job_id: str) -> None:
+    ended.append(job_id)
