@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -32,39 +31,21 @@ from ..errors import local_response
 from ..keys.model import hash_secret
 from ..option_values import reject_unparsable
 from ..paths import default_db_url
-from ..redact import KEY_HEADERS, client_key, fingerprint, without_key_params
+from ..redact import client_key, fingerprint
 from ..storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from . import api, credentials
+from .api import api_error, json_answer
 from .alerts import BudgetAlerts
+from .loopback import call_request, server_for
 from .runner import Request, Runner
 from .ssrf import WebhookURLError, check_url, parse_url
-from .store import JobRow, JobStore, NewJob, now
+from .store import JobRow, JobStore, now
+from .submission import MARKER, WEBHOOK_HEADER, credential_of, new_job, wants_async
 from .webhooks import DEFAULT_UNIT_MS, Sender, payload_bytes
 
 logger = logging.getLogger(__name__)
 
-MARKER = "x-llm-proxy-job"
-WEBHOOK_HEADER = "llm-webhook"
 EXPIRE_EVERY = 60.0
-_UNSTORED = frozenset({*KEY_HEADERS, "prefer", WEBHOOK_HEADER, MARKER, "host", "content-length", "connection",
-                       "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization",
-                       "proxy-connection", "accept-encoding", "cookie", "expect"})
-
-
-def wants_async(prefer: str) -> bool:
-    """RFC 7240: `Prefer: respond-async` among other preferences (`wait=10, respond-async`)."""
-    return any(p.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
-
-
-def json_answer(status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
-    return http.Response.make(status, json.dumps(body).encode(), {
-        "content-type": "application/json", "cache-control": "no-store", **(headers or {})})
-
-
-def api_error(status: int, message: str) -> http.Response:
-    kind = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            409: "conflict", 503: "unavailable"}.get(status, "error")
-    return json_answer(status, {"error": {"message": message, "type": kind}})
 
 
 class Jobs:
@@ -286,7 +267,7 @@ class Jobs:
             key_id, credential = key.name, None
         else:
             key_id = fingerprint(secret) if secret else None
-            credential = self._credential_of(request) if secret else None
+            credential = credential_of(request) if secret else None
         webhook = request.headers.get(WEBHOOK_HEADER)
         if webhook is not None:
             if not self.secret:
@@ -298,15 +279,8 @@ class Jobs:
             except WebhookURLError as e:
                 return local_response(*shape, 400, f"llm-webhook: {e}", code="webhook_refused")
         job_id = "job_" + secrets.token_hex(16)
-        node = self.node()
-        job = NewJob(
-            id=job_id, node=node, created=now(), key_id=key_id, mode=mode.full_spec, method=request.method,
-            scheme=request.scheme, host=request.host, port=request.port, path=without_key_params(request.path),
-            headers=[[n, v] for n, v in request.headers.items(multi=True) if n.lower() not in _UNSTORED],
-            body=request.raw_content or b"", needs_credential=credential is not None,
-            credential=credentials.seal(self.secret, job_id, credential) if credential and self.secret else None,
-            webhook=webhook,
-        )
+        job = new_job(job_id, self.node(), mode.full_spec, request, key_id=key_id, credential=credential,
+                      secret=self.secret, webhook=webhook)
         assert self.store is not None
         try:
             await self.store.run(lambda s: s.insert(job))
@@ -323,25 +297,15 @@ class Jobs:
         return json_answer(202, {"id": job_id, "status": "queued", "status_url": url},
                            {"location": url, "preference-applied": "respond-async"})
 
-    @staticmethod
-    def _credential_of(request: http.Request) -> credentials.Credential:
-        headers = tuple((n, v) for n, v in request.headers.items(multi=True) if n.lower() in KEY_HEADERS)
-        path = request.path if without_key_params(request.path) != request.path else None
-        return credentials.Credential(headers, path)
-
     # --- running ------------------------------------------------------------------------
 
     def _prepare(self, job: JobRow) -> Request | str:
         """Where and how to send a job's call, or why it cannot run."""
-        server = self._server_for(job.mode or "")
+        server = server_for(self._servers(), job.mode or "")
         if server is None:
             return f"the proxy no longer listens in the mode that accepted this job ({job.mode})"
-        host, port = server.listen_addrs[0][:2]
-        host = _connectable(host)
-        shown = f"[{host}]" if ":" in host else host
         headers = [(n, v) for n, v in job.headers]
-        path = job.path
-        key_hash = None
+        path, key_hash = job.path, None
         if job.needs_credential:
             credential = self._credentials.pop(job.id, None) or (
                 credentials.unseal(self.secret, job.id, job.credential) if job.credential else None)
@@ -355,22 +319,7 @@ class Jobs:
             key = self.metering.access.keys.by_name.get(job.key_id)
             # A key deleted since: a hash no key has, so the call gets the proxy's own 401 and its row.
             key_hash = key.hash if key is not None else hash_secret(secrets.token_hex(16))
-        if isinstance(server.mode, RegularMode):
-            target = f"[{job.host}]" if ":" in job.host else job.host
-            return Request(f"http://{target}:{job.port}{path}", headers, job.body, proxy=f"http://{shown}:{port}",
-                           key_hash=key_hash, scheme=job.scheme)
-        return Request(f"http://{shown}:{port}{path}", headers, job.body, key_hash=key_hash)
-
-    def _server_for(self, spec: str) -> Any:
-        servers = self._servers()
-        for server in servers:
-            if server.mode.full_spec == spec:
-                return server
-        kind = spec.split(":", 1)[0].split("@", 1)[0]
-        for server in servers:
-            if isinstance(server.mode, (ReverseMode, RegularMode)) and server.mode.type_name == kind:
-                return server
-        return None
+        return call_request(job, server, headers, path, key_hash)
 
     async def _ended(self, job_id: str) -> None:
         await self._deliver(job_id)
@@ -441,15 +390,3 @@ class Jobs:
         row = await store.run(lambda s: s.get(job_id))
         return json_answer(200, api.view(row) if row is not None else {"id": job_id, "status": "cancelled"})
 
-
-def _connectable(host: str) -> str:
-    """A wildcard listening address as an address to connect to."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return "127.0.0.1"
-    return host

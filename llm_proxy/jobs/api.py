@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from mitmproxy import http
+
 from ..control import auth
 from ..keys.model import KeyRing
 from ..redact import fingerprint
@@ -71,3 +73,14 @@ def may_see(token: str | None, admin_key: str, peer: str | None, ring: KeyRing,
     if token is not None and not len(ring) and owner is not None and fingerprint(token) == owner:
         return None
     return caller.status, caller.message
+
+
+def json_answer(status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
+    return http.Response.make(status, json.dumps(body).encode(), {
+        "content-type": "application/json", "cache-control": "no-store", **(headers or {})})
+
+
+def api_error(status: int, message: str) -> http.Response:
+    kind = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            409: "conflict", 503: "unavailable"}.get(status, "error")
+    return json_answer(status, {"error": {"message": message, "type": kind}})

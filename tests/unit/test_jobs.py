@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llm_proxy.jobs import credentials, signing
-from llm_proxy.jobs.addon import wants_async
+from llm_proxy.jobs.submission import wants_async
 from llm_proxy.jobs.alerts import alert_period, crossed
 from llm_proxy.jobs.ssrf import WebhookURLError, check_url, numeric_host, parse_url, refusal
 from llm_proxy.jobs.store import JobStore, NewJob
