@@ -298,3 +298,26 @@ def test_runner_starts_in_order_within_its_concurrency_and_the_gate(tmp_path: Pa
 
 async def _record(ended: list[str], job_id: str) -> None:
     ended.append(job_id)
+
+
+def test_a_job_row_holds_no_credential() -> None:
+    from mitmproxy.test import tflow
+
+    from llm_proxy.jobs.submission import credential_of, new_job
+
+    flow = tflow.tflow()
+    request = flow.request
+    request.path = "/v1beta/models/g:generateContent?alt=json&key=AIza-secret"
+    request.headers.update({"authorization": "Bearer sk-secret", "x-api-key": "sk-other", "prefer": "respond-async",
+                            "llm-webhook": "https://h/", "anthropic-version": "2023-06-01", "cookie": "s=1"})
+    credential = credential_of(request)
+    assert dict(credential.headers) == {"authorization": "Bearer sk-secret", "x-api-key": "sk-other"}
+    assert credential.path == request.path
+    for secret in ("", "s3cret"):
+        job = new_job("job_1", "n", "reverse:x", request, key_id="fp-1", credential=credential, secret=secret,
+                      webhook="https://h/")
+        stored = repr((job.path, job.headers, job.body, job.credential))
+        assert "secret" not in stored.replace("s3cret", "") and "sk-other" not in stored
+        assert job.path == "/v1beta/models/g:generateContent?alt=json"
+        assert ["anthropic-version", "2023-06-01"] in job.headers and job.needs_credential
+        assert (job.credential is None) == (secret == "")
