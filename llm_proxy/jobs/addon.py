@@ -164,13 +164,16 @@ class Jobs:
         node = self.node()
         self.runner = Runner(self.store, node, ctx.options.llm_jobs_concurrent, lambda: self.metering.access.gate,
                              self._prepare, lambda job_id: f"{job_id} {self.token}", self._ended)
+        warned = False
         while True:
             try:
                 requeued, failed = await self.store.run(lambda s: s.recover(node, now()))
                 pending = await self.store.run(lambda s: s.pending_webhooks(node))
                 break
             except Exception as e:
-                logger.warning("llm-proxy jobs: database unreachable (%s); retrying", e)
+                if not warned:
+                    logger.warning("llm-proxy jobs: database unreachable (%s); retrying every 2 s", e)
+                    warned = True
                 await asyncio.sleep(2)
         if requeued or failed:
             logger.warning("llm-proxy jobs: %d job(s) were running when the proxy stopped: %d run once more "

@@ -100,12 +100,18 @@ class Runner:
         task.add_done_callback(self._tasks.discard)
 
     async def loop(self) -> None:
+        failing = False
         while not self._stopped:
             self._wake.clear()
             try:
                 await self.fill()
+                if failing:
+                    logger.warning("llm-proxy jobs: the jobs table is reachable again")
+                failing = False
             except Exception as e:
-                logger.warning("llm-proxy jobs: cannot start queued jobs (%s); trying again", e)
+                if not failing:  # once per outage, not once a second
+                    logger.warning("llm-proxy jobs: cannot start queued jobs (%s); trying again", e)
+                failing = True
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL)
             except TimeoutError:
