@@ -46,6 +46,7 @@ from .webhooks import DEFAULT_UNIT_MS, Sender, payload_bytes
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY = 60.0
+_MARKER = MARKER.encode()
 
 
 class Jobs:
@@ -200,7 +201,14 @@ class Jobs:
         if flow.response or flow.error or not flow.live:
             return
         request = flow.request
-        if MARKER in request.headers:
+        marked, prefer = False, b""
+        for name, value in request.headers.fields:  # one pass over the raw fields: this runs on every call
+            name = name.lower()
+            if name == _MARKER:
+                marked = True
+            elif name == b"prefer":
+                prefer = value
+        if marked:
             self._job_call(flow)
             return
         if request.path.startswith(api.PREFIX):
@@ -210,8 +218,7 @@ class Jobs:
                 logger.exception("llm-proxy jobs API failed on %s %s", request.method, request.path)
                 flow.response = api_error(500, "the jobs API failed on this request; the proxy's log says why")
             return
-        prefer = request.headers.get("prefer")
-        if prefer and request.method == "POST" and wants_async(prefer):
+        if prefer and request.method == "POST" and wants_async(prefer.decode("latin-1")):
             try:
                 response = await self._submit(flow)
             except Exception:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 
-from .conftest import ProxyFactory, Rows, new_key, scenario, write_providers
+from .conftest import Proxy, ProxyFactory, Rows, new_key, scenario, write_providers
 from .jobs_support import SECRET, Receiver, drop_schema, schema_url, submit, verify
 
 TABLE = "llm_requests"
@@ -124,17 +124,24 @@ def test_kill_9_with_50_queued_and_5_running(start_proxy: ProxyFactory, upstream
     assert "5 run once more (marked rerun)" in second.log
 
 
-def test_budget_alerts_once_per_threshold_across_two_proxies(start_proxy: ProxyFactory, upstream: FakeUpstream,
-                                                             db: str, receiver: Receiver, tmp_path: Path) -> None:
+def test_budget_alerts_once_per_threshold_across_two_proxies(upstream: FakeUpstream, db: str, receiver: Receiver,
+                                                             tmp_path: Path) -> None:
     from llm_proxy.keys import admin
     keys_file = tmp_path / "keys.toml"
     # gpt-4o-mini: $0.15 in, $0.60 out per 1M tokens; 1000 + 1000 tokens cost $0.00075 a call.
     _, secret = admin.create_key(keys_file, "team", admin.parse_changes({"budget": "0.0025"}))
     options = args(upstream, tmp_path, db, "--set", f"llm_keys={keys_file}", "--set", "llm_budget_refresh=1",
                    "--set", f"llm_alert_webhook={receiver.url}/alerts")
-    a, b = start_proxy(options), start_proxy(options)
-    for proxy in (a, b):
-        proxy.wait_for_log("llm-proxy writing rows to")
+    proxies = [Proxy(options, confdir=tmp_path / f"conf-{n}") for n in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both at once: half the wait
+        try:
+            list(pool.map(lambda p: p.start().wait_for_log("llm-proxy writing rows to"), proxies))
+            check_alerts(*proxies, secret, receiver, db)
+        finally:
+            list(pool.map(lambda p: p.stop(), proxies))
+
+
+def check_alerts(a: Proxy, b: Proxy, secret: str, receiver: Receiver, db: str) -> None:
     # 30%, 60% (50 from b), 90% (a: 50 again, which the table refuses, and 80), 120% (b: 80 refused, 100)
     for proxy in (a, b, a, b):
         client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=secret, max_retries=0)
