@@ -18,6 +18,7 @@ from .conftest import Proxy, ProxyFactory, Rows, new_key, scenario, write_provid
 from .jobs_support import SECRET, Held, Receiver, drop_schema, job, schema_url, submit, verify, wait_job
 
 TABLE = "llm_requests"
+ADMIN = "a" * 20
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +155,16 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream, db: 
     keys_file = tmp / "keys.toml"
     secrets_ = {name: admin.create_key(keys_file, name, {})[1] for name in ("alice", "bob")}
     secrets_["carol"] = admin.create_key(keys_file, "carol", admin.parse_changes({"budget": "0.000001"}))[1]
-    p = Proxy(proxy_args(upstream, tmp, db, "--set", f"llm_keys={keys_file}", "--set", "llm_admin_key=" + "a" * 20,
-                         "--set", "llm_jobs_node=keyed", "--set", f"llm_alert_webhook={receiver.url}/alert-refused"),
+    secrets_["dave"] = admin.create_key(keys_file, "dave", {})[1]
+    keyed_held = Held()
+    p = Proxy(proxy_args(upstream, tmp, db, "--set", f"llm_keys={keys_file}", "--set", "llm_admin_key=" + ADMIN,
+                         "--set", "llm_jobs_node=keyed", "--set", f"llm_alert_webhook={receiver.url}/alert-refused",
+                         "--set", "llm_jobs_concurrent=1", held=keyed_held),
               confdir=tmp / "conf").start()
     p.wait_for_log("llm-proxy writing rows to")
+    p.held = keyed_held  # type: ignore[attr-defined]
     yield p, secrets_
+    keyed_held.stop()
     p.stop()
 
 
@@ -172,7 +178,7 @@ def test_a_job_is_seen_by_its_key_and_the_admin_only(keyed: tuple[Proxy, dict[st
     assert job(proxy.url, job_id, keys["bob"]).status_code == 404
     assert httpx.delete(f"{proxy.url}/_llm/jobs/{job_id}", headers={"authorization": f"Bearer {keys['bob']}"}
                         ).status_code == 404
-    assert job(proxy.url, job_id, "a" * 20).status_code == 200
+    assert job(proxy.url, job_id, ADMIN).status_code == 200
     assert job(proxy.url, job_id).status_code == 401
     assert job(proxy.url, job_id, "llmp-not-a-key").status_code == 401
     refused = submit(proxy.url, "llmp-not-a-key")
@@ -197,3 +203,21 @@ def test_alert_to_a_private_address_is_refused_at_delivery(keyed: tuple[Proxy, d
     proxy.wait_for_log("refused at delivery")
     time.sleep(0.3)
     assert receiver.on("/alert-refused") == []
+
+
+def test_a_queued_job_runs_as_its_key_is_when_it_runs(keyed: tuple[Proxy, dict[str, str]], db: str) -> None:
+    """The job keeps only the key's name; its call is checked like any call when it runs: a key
+    disabled while the job waited gets the proxy's 403, in the job and in its row."""
+    proxy, keys = keyed
+    blocker = submit(proxy.url, keys["alice"], path="/held/v1/chat/completions").json()["id"]
+    wait_job(proxy.url, blocker, keys["alice"], until=("running",))
+    queued = submit(proxy.url, keys["dave"]).json()["id"]
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    assert httpx.patch(f"{proxy.url}/_llm/api/keys/dave", json={"disabled": True}, headers=admin).status_code == 200
+    proxy.held.release.set()  # type: ignore[attr-defined]
+    done = wait_job(proxy.url, queued, ADMIN)
+    assert done["status"] == "failed" and done["response"]["status"] == 403
+    assert done["response"]["body"]["error"]["code"] == "key_disabled"
+    (row,) = Rows(db, TABLE).wait_for("request_id = %s", (done["request_id"],))
+    assert (row["key_id"], row["status"]) == ("dave", 403)
+    assert wait_job(proxy.url, blocker, ADMIN)["status"] == "completed"
