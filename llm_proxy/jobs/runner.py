@@ -29,7 +29,8 @@ from .store import JobRow, JobStore, now
 
 logger = logging.getLogger(__name__)
 
-POLL = 1.0  # seconds between looks at the table when nothing wakes the runner
+POLL = 1.0  # seconds between looks at the table while jobs wait (for a slot or the gate)
+IDLE = 30.0  # ... and when none is queued: only this proxy queues jobs for itself, and it wakes the runner
 JOB_TIMEOUT = 900.0  # seconds a job's call may take in all
 
 
@@ -103,8 +104,9 @@ class Runner:
         failing = False
         while not self._stopped:
             self._wake.clear()
+            idle = False
             try:
-                await self.fill()
+                idle = await self.fill()
                 if failing:
                     logger.warning("llm-proxy jobs: the jobs table is reachable again")
                 failing = False
@@ -113,20 +115,20 @@ class Runner:
                     logger.warning("llm-proxy jobs: cannot start queued jobs (%s); trying again", e)
                 failing = True
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL)
+                await asyncio.wait_for(self._wake.wait(), IDLE if idle else POLL)
             except TimeoutError:
                 pass
 
-    async def fill(self) -> None:
-        """Start queued jobs, oldest first, while there is room."""
+    async def fill(self) -> bool:
+        """Start queued jobs, oldest first, while there is room; True when none is left queued."""
         while not self._stopped and len(self.active) < self.concurrency:
             rows = await self.store.run(lambda s: s.next_queued(self.node, 1))
             if not rows:
-                return
+                return True
             job = rows[0]
             gate = self.gate()
             if gate is not None and await gate.enter() is not None:
-                return  # the gate is full or timed out: the job stays queued; try again soon
+                return False  # the gate is full or timed out: the job stays queued; try again soon
             claimed = False
             try:
                 claimed = await self.store.run(lambda s: s.claim(job.id, now()))
@@ -137,6 +139,7 @@ class Runner:
                 continue  # cancelled meanwhile: the next one
             active = self.active[job.id] = Active(job, gate=gate)
             self._spawn(self._run(active))
+        return False
 
     async def _run(self, active: Active) -> None:
         job = active.job
