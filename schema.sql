@@ -35,3 +35,50 @@ CREATE TABLE IF NOT EXISTS llm_requests (
 );
 CREATE INDEX IF NOT EXISTS llm_requests_ts_idx ON llm_requests (ts);
 CREATE INDEX IF NOT EXISTS llm_requests_key_ts_idx ON llm_requests (key_id, ts);
+
+-- Async calls (`Prefer: respond-async`): one row per job, waiting here (not in memory) until
+-- its proxy (`node`) runs it; kept llm_job_ttl hours after it ends. Never holds a client's
+-- credential in clear: keys mode keeps the key's name, passthrough keeps the credential in
+-- memory or, with llm_webhook_secret set, AES-GCM encrypted in `credential`.
+CREATE TABLE IF NOT EXISTS llm_jobs (
+    seq bigserial PRIMARY KEY,             -- queue order
+    id text UNIQUE NOT NULL,               -- job_...
+    node text NOT NULL,                    -- the proxy that accepted and runs it
+    status text NOT NULL,                  -- queued | running | completed | failed | cancelled
+    created timestamptz NOT NULL,
+    started timestamptz,
+    finished timestamptz,
+    key_id text,                           -- as in llm_requests: virtual key name or fingerprint
+    mode text,                             -- the mitmproxy mode that received it
+    method text NOT NULL,
+    scheme text NOT NULL,
+    host text NOT NULL,
+    port integer NOT NULL,
+    path text NOT NULL,                    -- key= parameters removed
+    headers text NOT NULL,                 -- JSON [[name, value], ...], credentials removed
+    body bytea,
+    needs_credential boolean NOT NULL,     -- passthrough: runs only with the client's own key
+    credential bytea,                      -- that key, encrypted (NULL: kept in memory only)
+    rerun boolean NOT NULL DEFAULT false,  -- was running when its proxy stopped: runs once more
+    request_id text,                       -- the llm_requests row of its (last) run
+    attempts text,                         -- JSON [{request_id, started, rerun, outcome}, ...]
+    response_status integer,
+    response_body bytea,
+    error text,
+    webhook text,                          -- llm-webhook URL
+    webhook_status text,                   -- pending | delivered | failed
+    webhook_tries integer NOT NULL DEFAULT 0,
+    webhook_error text
+);
+CREATE INDEX IF NOT EXISTS llm_jobs_queue_idx ON llm_jobs (node, status, seq);
+CREATE INDEX IF NOT EXISTS llm_jobs_finished_idx ON llm_jobs (finished);
+-- Budget alerts sent (llm_alert_webhook): the primary key makes each alert once per key,
+-- period and threshold, however many proxies share the database.
+CREATE TABLE IF NOT EXISTS llm_budget_alerts (
+    key_id text NOT NULL,
+    period_start timestamptz NOT NULL,
+    threshold integer NOT NULL,            -- percent of the budget: 50, 80, 100
+    spend_usd numeric,
+    sent timestamptz NOT NULL,
+    PRIMARY KEY (key_id, period_start, threshold)
+);

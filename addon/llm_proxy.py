@@ -13,10 +13,12 @@ except ImportError:  # run from a plain checkout
 
 from llm_proxy.addon import LLMProxy
 from llm_proxy.control.addon import ControlPlane
+from llm_proxy.jobs.addon import Jobs
 from llm_proxy.scope.addon import Scope
 from llm_proxy.websocket.addon import ResponsesWebSocket
 
 metering = LLMProxy()
 control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
+jobs = Jobs(metering)  # before metering: queues `Prefer: respond-async` calls, answers /_llm/jobs/
 websocket = ResponsesWebSocket(metering)  # before metering: it owns WebSocket upgrades, and its done() comes first
-addons = [control, Scope(metering), websocket, metering, control.clock]  # the clock after metering times its hooks
+addons = [control, Scope(metering), jobs, websocket, metering, control.clock]  # the clock after metering times its hooks

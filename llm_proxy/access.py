@@ -30,6 +30,8 @@ from .scope.filter import may_carry_real_key
 
 logger = logging.getLogger(__name__)
 
+# Flow metadata set by the jobs addon: its runner already holds a gate slot for this call.
+GATE_HELD = "llm_proxy.gate_held"
 BUDGET_LOAD_WAIT = 5.0  # seconds a budgeted request waits for the start-up spend load
 
 
@@ -100,7 +102,7 @@ class Access:
             refusal = await self._admit_key(flow.request, call)
             if refusal is not None:
                 return refusal
-        if self.gate is not None:
+        if self.gate is not None and not flow.metadata.get(GATE_HELD):
             outcome = await self.gate.enter()
             if outcome is not None:
                 self.release(call)

@@ -27,6 +27,9 @@ from .usage import Usage, bedrock, error_text, json_usage
 from .usage.base import loads
 
 
+# Flow metadata set by the jobs addon on a queued job's own call (never from client input):
+# the hash of the virtual key the job runs as, since the proxy does not keep the key's secret.
+KEY_HASH = "llm_proxy.key_hash"
 _ACCEPT_ENCODING = frozenset({b"accept-encoding"})
 _IDENTITY = ((b"accept-encoding", b"identity"),)
 
@@ -77,7 +80,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
         model = apis.model_from_path(bare_path, api)  # Azure OpenAI: the deployment stands for the model
     streaming = apis.wants_stream(api, bare_path, body)
     secret = client_key(request)
-    key_hash = hash_secret(secret) if secret else None
+    key_hash = flow.metadata.get(KEY_HASH) or (hash_secret(secret) if secret else None)
     call = Call(
         route=route,
         model=model,
