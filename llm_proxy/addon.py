@@ -25,6 +25,7 @@ from .errors import forbidden_host_response, local_response
 from .failures import FailureLog
 from .config.hostnames import is_provider_host
 from .keys.model import KeyRing
+from .keys.dbstore import DB as DB_KEYS, DbKeysWatcher, watch_db_keys
 from .keys.reloader import KeysWatcher
 from .keys.store import read_keyring
 from .limits.gate import Gate
@@ -67,7 +68,7 @@ class LLMProxy:
         self.access = Access()
         self.log_bodies = True
         self.only_providers = False
-        self.keys_watcher: KeysWatcher | None = None
+        self.keys_watcher: KeysWatcher | DbKeysWatcher | None = None
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
@@ -104,7 +105,8 @@ class LLMProxy:
         loader.add_option(
             "llm_keys", str, "",
             "keys.toml of virtual keys (made with `llm-proxy keys`). Empty, or a file with no keys: "
-            "passthrough, clients use their own provider keys. Reloaded live when it changes.",
+            "passthrough, clients use their own provider keys. Reloaded live when it changes. "
+            "`db`: table llm_keys of llm_db (PostgreSQL), shared by several proxies, changes live within 1 s.",
         )
         loader.add_option(
             "llm_max_concurrent", int, 0,
@@ -177,6 +179,12 @@ class LLMProxy:
         path_text = ctx.options.llm_keys
         if not path_text:
             self.access.use_keys_file(KeyRing())
+            return
+        if path_text == DB_KEYS:
+            try:
+                self.keys_watcher = watch_db_keys(ctx.options.llm_db or default_db_url(), self.access)
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"llm_keys: {e}") from e
             return
         path = Path(path_text)
         if not path.is_file():
