@@ -66,6 +66,7 @@ class LLMProxy:
         self.pricer = Pricer(PriceBook({}))
         self.writer: Writer | None = None
         self.access = Access()
+        self.access.price = lambda provider, model, usage: self.pricer.usage(provider, None, model, usage)
         self.log_bodies = True
         self.only_providers = False
         self.keys_watcher: KeysWatcher | DbKeysWatcher | None = None
@@ -372,7 +373,7 @@ class LLMProxy:
                             context=f"{flow.request.method} {flow.request.path}")
             record = fallback_record(flow, call, f"llm-proxy could not read this call's answer ({type(e).__name__}); "
                                                  "tokens and cost unknown")
-        self.access.finished(call, record.total_tokens)
+        self.access.finished(call, record.total_tokens, record.cost_usd)
         for listener in self.record_listeners:
             try:
                 listener(record)

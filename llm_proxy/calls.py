@@ -20,6 +20,7 @@ from . import apis, headers
 from .keys.model import hash_secret
 from .redact import client_key, fingerprint_of, key_param_to_header, mask_url
 from .record import Record
+from .limits.estimate import Estimate
 from .limits.gate import Gate
 from .routing import Route
 from .stream.meter import StreamMeter
@@ -45,6 +46,8 @@ class Call:
     local: bool = False  # answered by the proxy itself, never sent upstream
     holds_key: bool = False  # counts against its virtual key's parallel limit
     gate: Gate | None = None  # the global gate it holds a slot in
+    estimate: Estimate | None = None  # tpm tokens and budget cost reserved for it, until settled
+    hold: Any = None  # what shared limits (llm_redis) hold for it: slots and reservations to give back
     done: bool = False  # its flow has ended (response or error hook ran)
 
 
