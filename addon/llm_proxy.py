@@ -12,8 +12,10 @@ except ImportError:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_proxy.addon import LLMProxy
+from llm_proxy.cluster.addon import Cluster
 from llm_proxy.control.addon import ControlPlane
 
 metering = LLMProxy()
 control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
-addons = [control, metering, control.clock]  # the clock after metering times its hooks
+cluster = Cluster(metering)  # puts local or Redis-shared limits into metering's access
+addons = [control, cluster, metering, control.clock]  # the clock after metering times its hooks

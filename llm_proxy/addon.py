@@ -76,6 +76,8 @@ class LLMProxy:
         # Other addons (metrics, jobs) observe each finished row here instead of importing this one;
         # a listener runs on the event loop, so it must be quick and must not block.
         self.record_listeners: list[Callable[[Record], None]] = []
+        # Other addons' sections of /_llm/health (e.g. "redis"), by name; each returns a dict or None.
+        self.health_parts: dict[str, Callable[[], dict[str, object] | None]] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -171,7 +173,8 @@ class LLMProxy:
             ctx.options.update(connection_strategy="lazy")
 
     def _health(self) -> dict[str, object]:
-        return health.health(self.writer, self.access.gate, self.breakers.open_targets(), len(self.access.keys))
+        return health.health(self.writer, self.access.gate, self.breakers.open_targets(), len(self.access.keys),
+                             self.health_parts)
 
     def _load_keys(self) -> None:
         if self.keys_watcher is not None:
