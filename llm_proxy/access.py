@@ -152,7 +152,7 @@ class Access:
         """The call's tpm estimate and budget bound, for a key that has either limit."""
         if key.tpm is None and key.budget is None:
             return NOTHING
-        return estimate(len(headers.body(request)), call.request_body, call.route.provider.name, call.model,
+        return estimate(len(headers.body(request)), call.max_output, call.route.provider.name, call.model,
                         self.price, output_bound=self.output_bound, priced=key.budget is not None)
 
     async def _spend_of(self, name: str) -> Decimal | None:

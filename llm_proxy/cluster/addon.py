@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..limits.local import LocalLimits
-from .shared import TIMEOUT_S, SharedLimits
+from .shared import CONNECT_TIMEOUT_S, CONNECTIONS, TIMEOUT_S, SharedLimits
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,12 @@ class Cluster:
         if not prefix or any(c.isspace() for c in prefix):
             raise exceptions.OptionsError("llm_redis_prefix must be non-empty, without spaces")
         try:
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True,
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=CONNECTIONS, timeout=None, socket_timeout=TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+                decode_responses=True,
             )
+            client = aioredis.Redis(connection_pool=pool)
         except ValueError as e:
             raise exceptions.OptionsError(f"llm_redis: {e}") from e
         self.shared = SharedLimits(client, LocalLimits(access.limiter), prefix=prefix)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from ..keys.model import VirtualKey, period_start
 from ..limits.estimate import Estimate, nanos
@@ -46,7 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TIMEOUT_S = 0.5  # longest a call waits on one Redis round trip
+TIMEOUT_S = 2.0  # longest a call waits on one Redis round trip (or for a pooled connection)
+CONNECT_TIMEOUT_S = 1.0  # a refused or reset connection fails at once; this bounds a silent one
+CONNECTIONS = 32  # connections per proxy; more concurrent calls queue for one (within TIMEOUT_S)
 LEASE_MS = 30_000  # a slot or reservation not renewed for this long is free again
 RENEW_EVERY = LEASE_MS / 3000  # seconds
 PROBE_EVERY = 0.5  # seconds between pings while Redis is down
@@ -57,7 +60,12 @@ WHEN_DOWN = ("rpm, tpm, parallel and llm_max_concurrent are counted by each prox
 
 
 class Unavailable(Exception):
-    pass
+    """Redis cannot be reached (a refused or broken connection): the WHEN_DOWN rules apply."""
+
+
+class Slow(Unavailable):
+    """Redis did not answer within TIMEOUT_S: this call cannot be decided (a busy machine, or Redis
+    going away silently); a ping decides whether Redis is down."""
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +103,7 @@ class SharedLimits:
         self._waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
 
     # --- Redis round trips --------------------------------------------------------------
 
@@ -111,9 +120,23 @@ class SharedLimits:
             raise Unavailable
         try:
             return await asyncio.wait_for(script(keys=keys, args=args), self.timeout)
-        except (RedisError, OSError, TimeoutError) as e:
+        except (TimeoutError, RedisTimeout):
+            self._check_soon()
+            raise Slow from None
+        except (RedisError, OSError) as e:
             self._went_down(e)
             raise Unavailable from None
+
+    def _check_soon(self) -> None:
+        """After a timeout: ping now, and call Redis down only if that fails too."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        try:
+            await asyncio.wait_for(self.client.ping(), self.timeout)
+        except (TimeoutError, RedisError, OSError) as e:
+            self._went_down(e)
 
     def _went_down(self, error: BaseException) -> None:
         if self.up:
@@ -138,6 +161,12 @@ class SharedLimits:
             result = await self._run(self._admit, list(keys.values()), [
                 hold.id, self.lease_ms, key.parallel or 0, key.rpm or 0, key.tpm or 0, estimate.tokens, budget,
                 nanos(estimate.cost), nanos(spend or Decimal(0)), start_hour])
+        except Slow:
+            # It may have been counted: give back any slot or reservation it may hold (rpm stays counted).
+            hold.flight, hold.reserved, hold.settled = bool(key.parallel), key.budget is not None, True
+            self._queue(hold, release=True, settle=True)
+            return Refusal(503, "llm-proxy's shared limits (Redis) did not answer in time; try again shortly",
+                           "limits_unavailable", {"retry-after": "1"})
         except Unavailable:
             return self._admit_alone(key, call, estimate, spend, wall)
         code = int(result[0])
@@ -174,6 +203,12 @@ class SharedLimits:
             while True:
                 try:
                     got = await self._run(self._gate, [self.gate_key], [hold.id, self.lease_ms, gate.limit])
+                except Slow:
+                    # Undecided: try again with the same id (the script keeps a slot the id holds);
+                    # if it gives up, the call's release frees a slot it may have taken.
+                    hold.gate, call.hold = True, hold
+                    self._live[hold.id] = hold
+                    got = 0
                 except Unavailable:
                     return await self.local.enter_gate(gate, call)
                 if got:
@@ -256,6 +291,11 @@ class SharedLimits:
         if self._background is None:
             self._background = asyncio.get_running_loop().create_task(self._maintain())
 
+    async def _load_scripts(self) -> None:
+        """Load the scripts once up front, so a burst of first calls does not all meet NOSCRIPT."""
+        for script in (self._admit, self._gate, self._end, self._renew):
+            await asyncio.wait_for(self.client.script_load(script.script), self.timeout)
+
     def stop(self) -> None:
         if self._background is not None:
             self._background.cancel()
@@ -264,6 +304,8 @@ class SharedLimits:
     async def _maintain(self) -> None:
         """Renew the leases of calls in flight; while Redis is down, ping until it is back."""
         renewed = time.monotonic()
+        with contextlib.suppress(Exception):
+            await self._load_scripts()
         while True:
             await asyncio.sleep(PROBE_EVERY)
             with contextlib.suppress(Exception):
@@ -276,6 +318,7 @@ class SharedLimits:
     async def _probe(self) -> None:
         try:
             await asyncio.wait_for(self.client.ping(), self.timeout)
+            await self._load_scripts()  # a restarted Redis has forgotten them
         except (RedisError, OSError, TimeoutError) as e:
             self.last_error = type(e).__name__
             return

@@ -68,10 +68,10 @@ def max_output(body: Any) -> int | None:
     return max(counts) if counts else None
 
 
-def estimate(body_bytes: int, body: Any, provider: str, model: str | None, price: Price | None,
+def estimate(body_bytes: int, output: int | None, provider: str, model: str | None, price: Price | None,
              *, output_bound: int = DEFAULT_OUTPUT_BOUND, priced: bool = True) -> Estimate:
-    """The call's tpm estimate and budget bound (see the module docstring); `priced=False` skips pricing."""
-    output = max_output(body)
+    """The call's tpm estimate and budget bound (see the module docstring) from its body's size and
+    max output (`max_output` of its body); `priced=False` skips pricing."""
     tokens = math.ceil(body_bytes / BYTES_PER_TOKEN) + (output or 0)
     cost = Decimal(0)
     if priced and price is not None:
