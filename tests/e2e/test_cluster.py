@@ -49,6 +49,8 @@ class Cluster:
     relay: TcpRelay
     prefix: str
     upstream: FakeUpstream
+    providers: Path
+    pricing: Path
 
     def key(self, prefix: str, **limits: Any) -> str:
         """A new key in the database (what `llm-proxy keys --db URL create` does); its secret."""
@@ -99,7 +101,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[C
 
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 proxies.extend(pool.map(start, range(3)))
-            yield Cluster(proxies, db_url, DbStore(db_url), Rows(db_url, "llm_requests"), relay, prefix, upstream)
+            yield Cluster(proxies, db_url, DbStore(db_url), Rows(db_url, "llm_requests"), relay, prefix, upstream,
+                          providers, pricing)
         finally:
             for proxy in proxies:
                 proxy.stop()
@@ -196,6 +199,50 @@ def test_budget_probe_overshoots_by_at_most_one_call(cluster: Cluster) -> None:
     spent = sum((r["cost_usd"] for r in rows), Decimal(0))
     assert all(r["cost_usd"] == PROBE_COST for r in rows)
     assert spent <= Decimal("0.001") + PROBE_COST  # the documented bound: less than one call's cost over
+
+
+def test_budget_probe_on_one_proxy_without_redis(cluster: Cluster, tmp_path: Path) -> None:
+    """Local mode (no llm_redis) reserves too: the same probe on a single proxy with a keys file."""
+    keys_file = tmp_path / "keys.toml"
+    name = "local-budget"
+    _, secret = admin.create_key(keys_file, name, admin.parse_changes({"budget": "0.001"}))
+    args = ["--mode", f"reverse:{cluster.upstream.url}@0", "--set", f"llm_providers={cluster.providers}",
+            "--set", f"llm_pricing={cluster.pricing}", "--set", f"llm_db={cluster.db_url}",
+            "--set", "llm_table=llm_requests_local", "--set", f"llm_keys={keys_file}"]
+    local = Proxy(args, confdir=tmp_path / "conf", env={"OPENAI_API_KEY": "sk-real-cluster"}).start()
+    try:
+        single = Cluster([local], cluster.db_url, cluster.store, Rows(cluster.db_url, "llm_requests_local"),
+                         cluster.relay, cluster.prefix, cluster.upstream, cluster.providers, cluster.pricing)
+        results = spread(single, secret, 20, max_tokens=5, fake={"input": 25, "output": 5, "first_delay": 0.3})
+        refused = refusals(results)
+        admitted = len(results) - len(refused)
+        assert admitted >= 1 and {(e.status_code, e.code) for e in refused} == {(429, "insufficient_quota")}
+        rows = single.rows.wait_for("key_id = %s AND status = 200", (name,), admitted)
+        assert sum((r["cost_usd"] for r in rows), Decimal(0)) <= Decimal("0.001") + PROBE_COST
+    finally:
+        local.stop()
+
+
+def test_keys_api_on_one_proxy_is_live_on_the_others(cluster: Cluster) -> None:
+    name = f"api-{secrets.token_hex(3)}"
+    first, second = cluster.proxies[0], cluster.proxies[1]
+    made = httpx.post(f"{first.url}/_llm/api/keys", json={"name": name, "rpm": 50}, timeout=10)
+    assert made.status_code == 201, made.text
+    secret = made.json()["secret"]
+    assert _status(first, secret, max_tokens=1) == 200  # in force at once where it was made
+    created = time.monotonic()
+    while _status(second, secret, max_tokens=1) != 200:
+        assert time.monotonic() - created < 1.0
+        time.sleep(0.02)
+    listed = httpx.get(f"{second.url}/_llm/api/keys/{name}", timeout=10).json()
+    assert listed["rpm"] == 50 and listed["state"] == "active" and "hash" not in listed
+    bad = httpx.patch(f"{second.url}/_llm/api/keys/{name}", json={"rpm": -1}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("rpm:")
+    assert httpx.patch(f"{second.url}/_llm/api/keys/{name}", json={"disabled": True}, timeout=10).status_code == 200
+    disabled = time.monotonic()
+    while _status(first, secret, max_tokens=1) != 403:
+        assert time.monotonic() - disabled < 1.0
+        time.sleep(0.02)
 
 
 def test_tpm_refuses_before_the_fact_and_settles_with_real_usage(cluster: Cluster) -> None:
