@@ -184,11 +184,13 @@ class LLMProxy:
         if not path_text:
             self.access.use_keys_file(KeyRing())
             return
+        self.health_parts.pop("keys_db", None)
         if path_text == DB_KEYS:
             try:
-                self.keys_watcher = watch_db_keys(ctx.options.llm_db or default_db_url(), self.access)
+                self.keys_watcher = watcher = watch_db_keys(ctx.options.llm_db or default_db_url(), self.access)
             except ConfigError as e:
                 raise exceptions.OptionsError(f"llm_keys: {e}") from e
+            self.health_parts["keys_db"] = watcher.state
             return
         path = Path(path_text)
         if not path.is_file():

@@ -213,6 +213,7 @@ class SharedLimits:
                     return await self.local.enter_gate(gate, call)
                 if got:
                     hold.gate = True
+                    hold.released = False  # a slot taken after the call's end is released by Access at once
                     call.hold = hold
                     self._live[hold.id] = hold
                     return None

@@ -189,6 +189,11 @@ class DbKeysWatcher:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def state(self) -> dict[str, Any]:
+        """The "keys_db" section of /_llm/health."""
+        return {"state": "down" if self.error else "up", "last_error": self.error,
+                "when_down": "the keys last read stay in force; changes wait for the database"}
+
     def _apply(self, ring: KeyRing) -> None:
         self.on_change(ring)
         logger.info("llm-proxy reloaded keys from the database: %d keys", len(ring))

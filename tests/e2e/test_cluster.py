@@ -338,3 +338,12 @@ def test_redis_cut_mid_run(cluster: Cluster) -> None:
         assert time.monotonic() < deadline, "the proxies did not find Redis again"
         time.sleep(0.1)
     assert not refusals(spread(cluster, budgeted, 3))
+
+
+def test_bad_cluster_options_stop_start_up(tmp_path: Path) -> None:
+    from tests.e2e.conftest import run_mitmdump_expecting_failure
+    out = run_mitmdump_expecting_failure(["--set", "llm_keys=db", "--set", f"llm_db=sqlite:///{tmp_path}/x.db"],
+                                         tmp_path / "a")
+    assert "llm_keys=db keeps keys in PostgreSQL" in out
+    out = run_mitmdump_expecting_failure(["--set", "llm_redis=http://127.0.0.1:6379"], tmp_path / "b")
+    assert "is not a Redis URL" in out
