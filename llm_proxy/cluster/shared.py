@@ -264,10 +264,14 @@ class SharedLimits:
     def _queue(self, hold: Hold, *, release: bool = False, settle: bool = False, tokens: int = 0,
                cost: Decimal | None = None) -> None:
         """Run the END script soon (as a task): a release and a settle of one event-loop step share it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # shutting down without a loop: the leases expire on their own
         first = not hold.pending
         hold.pending.append((release, settle, tokens, cost))
         if first:
-            task = asyncio.get_running_loop().create_task(self._flush(hold))
+            task = loop.create_task(self._flush(hold))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
