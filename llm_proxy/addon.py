@@ -181,10 +181,10 @@ class LLMProxy:
             self.keys_watcher.stop()
             self.keys_watcher = None
         path_text = ctx.options.llm_keys
+        self.health_parts.pop("keys_db", None)
         if not path_text:
             self.access.use_keys_file(KeyRing())
             return
-        self.health_parts.pop("keys_db", None)
         if path_text == DB_KEYS:
             try:
                 self.keys_watcher = watcher = watch_db_keys(ctx.options.llm_db or default_db_url(), self.access)
