@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DB = "db"  # the llm_keys (and $LLM_PROXY_KEYS) value that means "table llm_keys of the database"
 TABLE = "llm_keys"
+SCHEMA_LOCK = 0x6C6C6D70  # storage/postgres.py's lock for applying DDL ("llmp")
 _COLUMNS = ("name", "hash", "prefix", "created", "disabled", "expires", "rpm", "tpm", "parallel", "budget",
             "period", "models")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE}"
@@ -86,7 +87,8 @@ class DbStore:
         conn = psycopg.connect(self.url, connect_timeout=self.connect_timeout, **kwargs)
         if not self._ensured:
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('llm_keys ddl'))")
+                # The writer's DDL lock: its schema.sql makes llm_keys too, maybe at this very moment.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 conn.execute(keys_ddl().encode())
             self._ensured = True
         return conn
