@@ -256,7 +256,8 @@ class SharedLimits:
             "since": None if self.down_since is None else datetime.fromtimestamp(self.down_since, UTC).isoformat(),
             "last_error": self.last_error,
             "when_down": WHEN_DOWN,
-            "held": len(self._live),
+            "held": len(self._live),  # calls of this proxy holding slots or reservations in Redis
+            "waiting": self._waiting,  # calls of this proxy waiting for a global slot
         }
 
     # --- background: giving back, renewing, probing -----------------------------------
