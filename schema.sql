@@ -82,3 +82,24 @@ CREATE TABLE IF NOT EXISTS llm_budget_alerts (
     sent timestamptz NOT NULL,
     PRIMARY KEY (key_id, period_start, threshold)
 );
+
+-- Virtual keys shared by several proxies (llm_keys=db, `llm-proxy keys --db URL ...`).
+-- Only a SHA-256 of each secret is kept, never the secret. Not renamed by llm_table.
+-- revision: grows with every change (microseconds, kept increasing), so proxies polling
+-- (count, max(revision)) see every insert, update and delete.
+CREATE TABLE IF NOT EXISTS llm_keys (
+    name text PRIMARY KEY,
+    hash text UNIQUE NOT NULL,             -- 'sha256:' + 64 hex digits of the secret
+    prefix text NOT NULL DEFAULT '',       -- first characters of the secret, to recognise it
+    created timestamptz,
+    disabled boolean NOT NULL DEFAULT false,
+    expires timestamptz,
+    rpm integer,
+    tpm integer,
+    parallel integer,
+    budget numeric,                        -- USD per period
+    period text NOT NULL DEFAULT 'monthly',
+    models jsonb,                          -- allowed model globs (NULL or []: every model)
+    revision bigint NOT NULL DEFAULT 0,
+    updated timestamptz
+);

@@ -12,6 +12,7 @@ except ImportError:  # run from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_proxy.addon import LLMProxy
+from llm_proxy.cluster.addon import Cluster
 from llm_proxy.control.addon import ControlPlane
 from llm_proxy.jobs.addon import Jobs
 from llm_proxy.scope.addon import Scope
@@ -19,6 +20,7 @@ from llm_proxy.websocket.addon import ResponsesWebSocket
 
 metering = LLMProxy()
 control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
+cluster = Cluster(metering)  # puts local or Redis-shared limits into metering's access
 jobs = Jobs(metering)  # before metering: queues `Prefer: respond-async` calls, answers /_llm/jobs/
 websocket = ResponsesWebSocket(metering)  # before metering: it owns WebSocket upgrades, and its done() comes first
-addons = [control, Scope(metering), jobs, websocket, metering, control.clock]  # the clock after metering times its hooks
+addons = [control, Scope(metering), cluster, jobs, websocket, metering, control.clock]  # the clock after metering times its hooks

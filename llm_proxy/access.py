@@ -21,9 +21,12 @@ from mitmproxy import http
 from .calls import Call
 from .config.providers import Providers
 from .keys.model import KeyRing, VirtualKey
+from . import headers
 from .limits.budget import SpendBook
+from .limits.estimate import DEFAULT_OUTPUT_BOUND, NOTHING, Estimate, Price, estimate
 from .limits.gate import FULL, Gate
 from .limits.limiter import Limiter, Refusal
+from .limits.local import Limits, LocalLimits
 from .redact import replace_credentials
 from .routing import split_query
 from .scope.filter import may_carry_real_key
@@ -78,6 +81,11 @@ class Access:
         # forward clients' virtual secrets to providers.
         self.keys_required = False
         self.limiter = Limiter()
+        # Every limit goes through here: counted by this proxy (LocalLimits) or, with llm_redis,
+        # by all proxies sharing a Redis (the cluster addon puts its own in).
+        self.limits: Limits = LocalLimits(self.limiter)
+        self.price: Price | None = None  # prices a call's estimate (set by the metering addon)
+        self.output_bound = DEFAULT_OUTPUT_BOUND  # llm_budget_output_tokens
         self.spend = SpendBook()
         self.gate: Gate | None = None
         self.provider_keys: dict[str, str] = {}
@@ -103,7 +111,7 @@ class Access:
             if refusal is not None:
                 return refusal
         if self.gate is not None and not flow.metadata.get(GATE_HELD):
-            outcome = await self.gate.enter()
+            outcome = await self.limits.enter_gate(self.gate, call)
             if outcome is not None:
                 self.release(call)
                 if outcome == FULL:
@@ -111,9 +119,11 @@ class Access:
                                    {"retry-after": "1"})
                 return Refusal(429, f"llm-proxy waited {self.gate.timeout:g}s for a free slot", "queue_timeout",
                                {"retry-after": "1"})
-            call.gate = self.gate
             if call.done:  # the client left while it waited: hand the slot straight on
                 self.release(call)
+        elif call.done:  # the client left while its key was checked: its row is made already
+            self.release(call)
+            self.limits.settle(call, None, None)
         return None
 
     async def _admit_key(self, request: http.Request, call: Call) -> Refusal | None:
@@ -130,10 +140,9 @@ class Access:
             if spend is None:
                 return Refusal(503, "budget state unavailable (database unreachable); try again later",
                                "budget_unavailable", {"retry-after": "5"})
-        refusal = self.limiter.admit(key, time.monotonic(), spend, wall)
+        refusal = await self.limits.admit_key(key, call, self.estimate(request, call, key), spend, wall)
         if refusal is not None:
             return refusal
-        call.holds_key = True
         provider = call.route.provider
         real = self.provider_keys.get(provider.name)
         if provider.api_key_env and real is None:
@@ -146,6 +155,13 @@ class Access:
         replace_credentials(request, provider.format, real, provider.key_header)
         return None
 
+    def estimate(self, request: http.Request, call: Call, key: VirtualKey) -> Estimate:
+        """The call's tpm estimate and budget bound, for a key that has either limit."""
+        if key.tpm is None and key.budget is None:
+            return NOTHING
+        return estimate(len(headers.body(request)), call.max_output, call.route.provider.name, call.model,
+                        self.price, output_bound=self.output_bound, priced=key.budget is not None)
+
     async def _spend_of(self, name: str) -> Decimal | None:
         deadline = time.monotonic() + BUDGET_LOAD_WAIT
         while not self.spend.loaded.is_set() and time.monotonic() < deadline:
@@ -154,14 +170,12 @@ class Access:
 
     def release(self, call: Call) -> None:
         """Give back the call's slots; safe to call more than once."""
-        if call.holds_key and call.key_id is not None:
-            self.limiter.release(call.key_id)
-            call.holds_key = False
-        if call.gate is not None:
-            call.gate.leave()  # the gate it entered, even if the option changed since
-            call.gate = None
+        self.limits.release(call)
 
-    def finished(self, call: Call, total_tokens: int | None) -> None:
+    def finished(self, call: Call, total_tokens: int | None, cost: Decimal | None = None) -> None:
+        """The call's row is made: slots back, reservations settled with its real usage.
+
+        Its real cost reaches the budget in the same event-loop step (the writer's put, right after).
+        """
         self.release(call)
-        if call.key_id in self.keys.by_name and total_tokens:
-            self.limiter.used_tokens(call.key_id, time.monotonic(), total_tokens)
+        self.limits.settle(call, total_tokens if call.key_id in self.keys.by_name else None, cost)

@@ -25,6 +25,7 @@ from .errors import forbidden_host_response, local_response
 from .failures import FailureLog
 from .config.hostnames import is_provider_host
 from .keys.model import KeyRing
+from .keys.dbstore import DB as DB_KEYS, DbKeysWatcher, watch_db_keys
 from .keys.reloader import KeysWatcher
 from .keys.store import read_keyring
 from .limits.gate import Gate
@@ -70,16 +71,19 @@ class LLMProxy:
         self.pricer = Pricer(PriceBook({}))
         self.writer: Writer | None = None
         self.access = Access()
+        self.access.price = lambda provider, model, usage: self.pricer.usage(provider, None, model, usage)
         self.log_bodies = True
         self.only_providers = False
         self.record_all = False  # llm_record=all (set by the scope addon): rows for non-model calls too
-        self.keys_watcher: KeysWatcher | None = None
+        self.keys_watcher: KeysWatcher | DbKeysWatcher | None = None
         self.breakers = Breakers()
         self.relay = Relay(lambda: self.providers, lambda: self.access.provider_keys, self.breakers)
         self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
         # Other addons (metrics, jobs) observe each finished row here instead of importing this one;
         # a listener runs on the event loop, so it must be quick and must not block.
         self.record_listeners: list[Callable[[Record], None]] = []
+        # Other addons' sections of /_llm/health (e.g. "redis"), by name; each returns a dict or None.
+        self.health_parts: dict[str, Callable[[], dict[str, object] | None]] = {}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -110,7 +114,8 @@ class LLMProxy:
         loader.add_option(
             "llm_keys", str, "",
             "keys.toml of virtual keys (made with `llm-proxy keys`). Empty, or a file with no keys: "
-            "passthrough, clients use their own provider keys. Reloaded live when it changes.",
+            "passthrough, clients use their own provider keys. Reloaded live when it changes. "
+            "`db`: table llm_keys of llm_db (PostgreSQL), shared by several proxies, changes live within 1 s.",
         )
         loader.add_option(
             "llm_max_concurrent", int, 0,
@@ -174,15 +179,24 @@ class LLMProxy:
             ctx.options.update(connection_strategy="lazy")
 
     def _health(self) -> dict[str, object]:
-        return health.health(self.writer, self.access.gate, self.breakers.open_targets(), len(self.access.keys))
+        return health.health(self.writer, self.access.gate, self.breakers.open_targets(), len(self.access.keys),
+                             self.health_parts)
 
     def _load_keys(self) -> None:
         if self.keys_watcher is not None:
             self.keys_watcher.stop()
             self.keys_watcher = None
         path_text = ctx.options.llm_keys
+        self.health_parts.pop("keys_db", None)
         if not path_text:
             self.access.use_keys_file(KeyRing())
+            return
+        if path_text == DB_KEYS:
+            try:
+                self.keys_watcher = watcher = watch_db_keys(ctx.options.llm_db or default_db_url(), self.access)
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"llm_keys: {e}") from e
+            self.health_parts["keys_db"] = watcher.state
             return
         path = Path(path_text)
         if not path.is_file():
@@ -390,7 +404,7 @@ class LLMProxy:
 
         Also the end of every WebSocket turn (llm_proxy.websocket), which has no flow of its own.
         """
-        self.access.finished(call, record.total_tokens)
+        self.access.finished(call, record.total_tokens, record.cost_usd)
         for listener in self.record_listeners:
             try:
                 listener(record)

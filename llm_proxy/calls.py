@@ -20,6 +20,7 @@ from . import apis, headers
 from .keys.model import hash_secret
 from .redact import client_key, fingerprint_of, is_signed, key_param_to_header, mask_url
 from .record import Record
+from .limits.estimate import Estimate, max_output
 from .limits.gate import Gate
 from .routing import Route
 from .stream.meter import StreamMeter
@@ -48,6 +49,9 @@ class Call:
     local: bool = False  # answered by the proxy itself, never sent upstream
     holds_key: bool = False  # counts against its virtual key's parallel limit
     gate: Gate | None = None  # the global gate it holds a slot in
+    max_output: int | None = None  # the output it allows (max_tokens, ...), for tpm and budget estimates
+    estimate: Estimate | None = None  # tpm tokens and budget cost reserved for it, until settled
+    hold: Any = None  # what shared limits (llm_redis) hold for it: slots and reservations to give back
     done: bool = False  # its flow has ended (response or error hook ran)
 
 
@@ -91,6 +95,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
         key_id=fingerprint_of(key_hash) if key_hash else None,
         key_hash=key_hash,
         path=mask_url(request.path),
+        max_output=max_output(body),
     )
     if route.upstream_url is not None:
         request.url = route.upstream_url

@@ -11,6 +11,7 @@ contents, SQL or secrets: `last_error` is the writer's safe summary.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitmproxy import http
@@ -34,11 +35,20 @@ def _status(writer: Any, database: str, journal_bytes: int) -> tuple[str, str | 
     return "ok", None
 
 
-def health(writer: Any, gate: Any, open_breakers: list[str], keys: int) -> dict[str, Any]:
+def health(writer: Any, gate: Any, open_breakers: list[str], keys: int,
+           parts: Mapping[str, Callable[[], dict[str, Any] | None]] | None = None) -> dict[str, Any]:
+    """The proxy's state; `parts` are other addons' sections (e.g. "redis"), each a dict or None.
+
+    A part whose "state" is "down" makes an "ok" proxy "degraded", with the part's "when_down" as the reason.
+    """
     stats = writer.stats if writer is not None else None
     journal_bytes = writer.journal_bytes if writer is not None else 0
     database = stats.database if stats else "none"
     status, reason = _status(writer, database, journal_bytes)
+    extra = {name: part() for name, part in (parts or {}).items()}
+    for name, section in extra.items():
+        if section is not None and section.get("state") == "down" and status == "ok":
+            status, reason = "degraded", f"{name} unreachable: {section.get('when_down', '')}".rstrip(": ")
     return {
         "status": status,
         "reason": reason,
@@ -56,6 +66,7 @@ def health(writer: Any, gate: Any, open_breakers: list[str], keys: int) -> dict[
         "queue": {"active": gate.active, "waiting": gate.waiting} if gate is not None else None,
         "open_breakers": open_breakers,
         "keys": keys,
+        **extra,
     }
 
 

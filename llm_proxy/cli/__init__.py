@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import psycopg
+
 from ..config.errors import ConfigError
 from . import db, doctor, keys, prices, report
 
@@ -28,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (ConfigError, ValueError) as e:
         print(f"llm-proxy: {e}", file=sys.stderr)
+        return 1
+    except psycopg.Error as e:  # `keys --db URL ...`: an unreachable or refusing database
+        print(f"llm-proxy: database error: {str(e).strip() or type(e).__name__}", file=sys.stderr)
         return 1
 
 

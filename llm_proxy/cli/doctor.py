@@ -12,6 +12,7 @@ import psycopg
 from ..config.errors import ConfigError
 from ..config.pricing import load_pricing
 from ..config.providers import load_providers
+from ..keys.dbstore import DB, open_store
 from ..keys.store import read_keyring
 from ..paths import DEFAULT_PRICING, DEFAULT_PROVIDERS
 from ..record import COLUMNS
@@ -50,7 +51,14 @@ def check_files(args: argparse.Namespace, report: Report) -> None:
     except ConfigError as e:
         report.problem(str(e))
     keys_path = args.keys_file or os.environ.get("LLM_PROXY_KEYS")
-    if keys_path:
+    if keys_path == DB:
+        try:
+            store = open_store(DB, os.environ.get("DATABASE_URL", ""))
+            assert store is not None
+            report.ok(f"{store.describe()}: {len(store.read())} virtual keys")
+        except (ConfigError, psycopg.Error, OSError) as e:
+            report.problem(f"keys in the database: {e}".strip())
+    elif keys_path:
         try:
             ring = read_keyring(Path(keys_path))
             report.ok(f"{keys_path}: {len(ring)} virtual keys" + ("" if Path(keys_path).exists() else " (no file)"))

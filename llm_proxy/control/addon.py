@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -31,7 +30,7 @@ from ..failures import FailureLog
 from ..keys import admin
 from ..keys.admin import KeyExists, KeyFieldError, NoSuchKey
 from ..keys.model import KeyRing, VirtualKey, period_start
-from ..keys.store import read_keyring
+from ..keys.dbstore import open_store
 from ..paths import default_db_url
 from ..storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from ..websocket.records import METHOD as WEBSOCKET_METHOD
@@ -346,9 +345,12 @@ class ControlPlane:
 
     # --- keys ---------------------------------------------------------------------------
 
-    def _keys_path(self) -> Path | None:
-        text = ctx.options.llm_keys
-        return Path(text) if text else None
+    def _keys_store(self) -> admin.KeyStore | None:
+        """The store llm_keys names (keys.toml or table llm_keys); None in passthrough mode."""
+        try:
+            return open_store(ctx.options.llm_keys, ctx.options.llm_db or default_db_url())
+        except ConfigError as e:
+            raise ApiError(409, str(e)) from None
 
     async def _views(self, keys: list[VirtualKey]) -> list[dict[str, Any]]:
         """Keys as the API shows them, with their spend this period (as a usage report sums it)."""
@@ -358,12 +360,12 @@ class ControlPlane:
         return [{**admin.describe(k, now), "spend_usd": money(spend.get(k.name, Decimal(0)))} for k in keys]
 
     async def _keys(self, method: str, rest: str, request: http.Request) -> http.Response:
-        path = self._keys_path()
+        path = self._keys_store()
         name, _, action = rest.partition("/")
         if not name:
             self._allow(method, "GET", "POST")
             if method == "GET":
-                ring = await self._workers().call(lambda: read_keyring(path)) if path else KeyRing()
+                ring = await self._workers().call(path.read) if path else KeyRing()
                 views = await self._views(sorted(ring.by_name.values(), key=lambda k: k.name))
                 return json_response(200, {"keys": views})
             body = _json_object(request, allowed=_KEY_BODY_FIELDS)
@@ -383,7 +385,7 @@ class ControlPlane:
             raise ApiError(404, f"no such llm-proxy endpoint: {API}keys/{rest}")
         self._allow(method, "GET", "PATCH", "DELETE")
         if method == "GET":
-            ring = await self._workers().call(lambda: read_keyring(path)) if path else KeyRing()
+            ring = await self._workers().call(path.read) if path else KeyRing()
             if name not in ring.by_name:
                 raise ApiError(404, f"no key named {name!r}")
             (view,) = await self._views([ring.by_name[name]])
@@ -401,19 +403,19 @@ class ControlPlane:
         (view,) = await self._views([key])
         return json_response(200, view)
 
-    def _writable(self, path: Path | None) -> Path:
+    def _writable(self, path: admin.KeyStore | None) -> admin.KeyStore:
         if path is None:
             raise ApiError(409, "the proxy runs in passthrough mode (llm_keys is empty): keys can be managed "
                                 "over HTTP only when llm_keys names a keys file, e.g. --set llm_keys=keys.toml")
         return path
 
     async def _edit(self, work: Callable[[], T]) -> T:
-        """Change the keys file in a worker, then put the new keys in force here at once."""
-        path = self._keys_path()
+        """Change the key store in a worker, then put the new keys in force here at once."""
+        path = self._keys_store()
         assert path is not None
 
         def edit() -> tuple[T, KeyRing]:
-            return work(), read_keyring(path)
+            return work(), path.read()
 
         try:
             result, ring = await self._workers().call(edit)

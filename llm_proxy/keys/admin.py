@@ -4,7 +4,8 @@
 Values arrive as CLI text ("60", "none", "$12.50") or as JSON values (60, null,
 "12.50"); each field has one parser that takes either and raises KeyFieldError
 with one message, so the same bad input gets the same words wherever it is typed.
-Operations lock and rewrite keys.toml through keys.store.editing.
+Operations run on a key store (keys.store.FileStore for keys.toml, keys.dbstore.DbStore
+for table llm_keys), each through its `editing()`: locked, read, changed, written back.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from ..config.errors import ConfigError
-from .model import PERIODS, VirtualKey, check_name, hash_secret, new_secret, parse_expires
-from .store import editing
+from .model import PERIODS, KeyRing, VirtualKey, check_name, hash_secret, new_secret, parse_expires
+from .store import FileStore
 
 NONE = "none"  # CLI text (and accepted JSON text) that removes a limit, like JSON null
 LIMIT_FIELDS = ("rpm", "tpm", "parallel", "budget", "period", "models", "expires")
@@ -130,7 +132,22 @@ def parse_changes(values: Mapping[str, object]) -> dict[str, Any]:
     return {field: parse_field(field, value) for field, value in values.items()}
 
 
-# --- operations on a keys file ---------------------------------------------------------------
+# --- operations on a key store -----------------------------------------------------------------
+
+class KeyStore(Protocol):
+    """Where keys live: keys.toml (FileStore) or the database (DbStore)."""
+
+    def describe(self) -> str: ...
+
+    def read(self) -> KeyRing: ...
+
+    def editing(self) -> AbstractContextManager[dict[str, VirtualKey]]: ...
+
+
+def as_store(store: KeyStore | Path) -> KeyStore:
+    """A path is a keys file (what callers passed before there were other stores)."""
+    return FileStore(store) if isinstance(store, Path) else store
+
 
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
@@ -142,11 +159,11 @@ def _existing(keys: dict[str, VirtualKey], name: str) -> VirtualKey:
     return keys[name]
 
 
-def create_key(path: Path, name: str, changes: Mapping[str, Any]) -> tuple[VirtualKey, str]:
+def create_key(store: KeyStore | Path, name: str, changes: Mapping[str, Any]) -> tuple[VirtualKey, str]:
     """A new key with `changes` (parsed) applied; returns it and its secret (shown once)."""
     check_name(name)
     secret = new_secret()
-    with editing(path) as keys:
+    with as_store(store).editing() as keys:
         if name in keys:
             raise KeyExists(f"key {name!r} exists; use `keys rotate` for a new secret or `keys set` for limits")
         key = replace(VirtualKey(name=name, hash=hash_secret(secret), prefix=secret[:9], created=now()), **changes)
@@ -154,8 +171,8 @@ def create_key(path: Path, name: str, changes: Mapping[str, Any]) -> tuple[Virtu
     return key, secret
 
 
-def change_key(path: Path, name: str, changes: Mapping[str, Any], disabled: bool | None = None) -> VirtualKey:
-    with editing(path) as keys:
+def change_key(store: KeyStore | Path, name: str, changes: Mapping[str, Any], disabled: bool | None = None) -> VirtualKey:
+    with as_store(store).editing() as keys:
         key = replace(_existing(keys, name), **changes)
         if disabled is not None:
             key = replace(key, disabled=disabled)
@@ -163,15 +180,15 @@ def change_key(path: Path, name: str, changes: Mapping[str, Any], disabled: bool
     return key
 
 
-def rotate_key(path: Path, name: str) -> tuple[VirtualKey, str]:
+def rotate_key(store: KeyStore | Path, name: str) -> tuple[VirtualKey, str]:
     secret = new_secret()
-    with editing(path) as keys:
+    with as_store(store).editing() as keys:
         key = keys[name] = replace(_existing(keys, name), hash=hash_secret(secret), prefix=secret[:9])
     return key, secret
 
 
-def delete_key(path: Path, name: str) -> None:
-    with editing(path) as keys:
+def delete_key(store: KeyStore | Path, name: str) -> None:
+    with as_store(store).editing() as keys:
         _existing(keys, name)
         del keys[name]
 
@@ -189,3 +206,23 @@ def describe(key: VirtualKey, at: datetime) -> dict[str, Any]:
         "expires": key.expires.isoformat() if key.expires else None,
         "created": key.created.isoformat() if key.created else None,
     }
+
+
+def import_keys(store: KeyStore | Path, ring: KeyRing, *, overwrite: bool = False) -> list[str]:
+    """Copy every key of `ring` (a keys.toml, already validated) into `store`, all or nothing.
+
+    A name the store already has is refused (listing them) unless `overwrite`; a secret hash
+    another key of the store holds under another name is always refused.
+    """
+    with as_store(store).editing() as keys:
+        clashes = sorted(name for name in ring.by_name if name in keys)
+        if clashes and not overwrite:
+            raise KeyExists(f"the store already has key(s) {', '.join(clashes)}; "
+                            "use --replace to overwrite them with the file's")
+        owners = {k.hash: k.name for k in keys.values()}
+        for key in ring.by_name.values():
+            owner = owners.get(key.hash)
+            if owner is not None and owner != key.name:
+                raise KeyExists(f"key {key.name!r} has the same secret as the store's key {owner!r}")
+        keys.update(ring.by_name)
+    return sorted(ring.by_name)

@@ -70,3 +70,19 @@ def editing(path: Path) -> Iterator[dict[str, VirtualKey]]:
         keys = dict(read_keyring(path).by_name)
         yield keys
         write_keyring(path, KeyRing(keys.values()))
+
+
+class FileStore:
+    """Keys kept in a keys.toml file (one proxy): the store interface over read_keyring/editing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def read(self) -> KeyRing:
+        return read_keyring(self.path)
+
+    def editing(self) -> contextlib.AbstractContextManager[dict[str, VirtualKey]]:
+        return editing(self.path)

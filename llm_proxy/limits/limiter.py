@@ -1,8 +1,11 @@
-"""Per-key limits: rpm, tpm (from real usage), parallel requests and budget.
+"""Per-key limits: rpm, tpm, parallel requests and budget, for one proxy.
 
 `admit` is called once per request before anything is sent upstream and
-either reserves the request (counted against rpm and parallel) or returns
-the 429 to answer, with the headers an SDK uses to back off.
+either reserves the request (counted against rpm and parallel, its estimate
+against tpm and the budget: limits/estimate.py) or returns the 429 to answer,
+with the headers an SDK uses to back off. `settle` replaces the estimate by the
+call's real usage when its row is made (its real cost reaches the SpendBook
+through the writer at the same moment).
 
 Memory stays bounded however many calls pass: a key keeps a request window
 only while it has an rpm limit and a token window only while it has a tpm
@@ -21,7 +24,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from ..keys.model import VirtualKey, period_start
+from .estimate import NOTHING, Estimate
 from .windows import SlidingWindow
+
+ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class Limiter:
         self._requests: dict[str, SlidingWindow] = {}  # keys with an rpm limit
         self._tokens: dict[str, SlidingWindow] = {}  # keys with a tpm limit
         self._in_flight: dict[str, int] = {}  # keys with calls in flight (never 0)
+        self._reserved_tokens: dict[str, int] = {}  # estimates of calls in flight (never 0)
+        self._reserved_cost: dict[str, Decimal] = {}  # cost bounds of calls in flight (never 0)
         self._next_sweep: float | None = None
 
     def in_flight(self, name: str) -> int:
@@ -53,36 +61,54 @@ class Limiter:
 
     def __len__(self) -> int:
         """Entries held for all keys (windows and in-flight counts), for tests and soak checks."""
-        return len(self._requests) + len(self._tokens) + len(self._in_flight)
+        return (len(self._requests) + len(self._tokens) + len(self._in_flight) + len(self._reserved_tokens)
+                + len(self._reserved_cost))
 
-    def admit(self, key: VirtualKey, now: float, spend: Decimal | None, wall: datetime) -> Refusal | None:
-        """Reserve a request for `key`, or say why not (429)."""
+    def reserved(self, name: str) -> tuple[int, Decimal]:
+        """Tokens and cost reserved by `name`'s calls in flight."""
+        return self._reserved_tokens.get(name, 0), self._reserved_cost.get(name, ZERO)
+
+    def admit(self, key: VirtualKey, now: float, spend: Decimal | None, wall: datetime,
+              estimate: Estimate = NOTHING) -> Refusal | None:
+        """Reserve a request (and its estimate) for `key`, or say why not (429; 413 if it can never fit)."""
+        if key.tpm is not None and estimate.tokens > key.tpm:
+            return too_large(key.name, key.tpm, estimate.tokens)
         if self._next_sweep is None or now >= self._next_sweep:
             self._sweep(now)
         name = key.name
         if key.parallel is not None and self._in_flight.get(name, 0) >= key.parallel:
-            return Refusal(429, f"key {name!r} already has {key.parallel} requests in flight (its parallel limit)",
-                           "parallel_limit_exceeded", _retry_headers(1))
+            return parallel_refusal(name, key.parallel)
         requests = self._window(self._requests, name, key.rpm)
         tokens = self._window(self._tokens, name, key.tpm)
-        for limit, window, unit in ((key.rpm, requests, "requests"), (key.tpm, tokens, "tokens")):
-            if limit is not None and window is not None and window.total(now) >= limit:
-                wait = window.seconds_until_below(now, limit)
-                return Refusal(429, f"key {name!r} is over its limit of {limit} {unit} per minute",
-                               "rate_limit_exceeded", {
-                                   **_retry_headers(wait),
-                                   f"x-ratelimit-limit-{unit}": str(limit),
-                                   f"x-ratelimit-remaining-{unit}": "0",
-                                   f"x-ratelimit-reset-{unit}": _reset(wait),
-                               })
-        if key.budget is not None and spend is not None and spend >= key.budget:
-            wait = _until_next_period(key.period, wall)
-            return Refusal(429, f"key {name!r} has spent ${spend} of its ${key.budget} {key.period} budget",
-                           "insufficient_quota", _retry_headers(wait))
+        held_tokens, held_cost = self.reserved(name)
+        for limit, window, unit, extra in ((key.rpm, requests, "requests", 1),
+                                           (key.tpm, tokens, "tokens", held_tokens + estimate.tokens)):
+            # rpm: full at `limit`; tpm: full when what is used, reserved and asked for would pass it
+            if limit is not None and window is not None and window.total(now) + max(extra, 1) > limit:
+                wait = max(window.seconds_until_below(now, max(1, limit - extra + 1)), 1.0 if extra > 1 else 0.0)
+                return rate_refusal(name, limit, unit, wait)
+        if key.budget is not None and spend is not None and spend + held_cost >= key.budget:
+            return over_budget(key, spend, held_cost, wall)
         if requests is not None:
             requests.add(now)
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        if estimate.tokens and key.tpm is not None:
+            self._reserved_tokens[name] = held_tokens + estimate.tokens
+        if estimate.cost and key.budget is not None:
+            self._reserved_cost[name] = held_cost + estimate.cost
         return None
+
+    def settle(self, name: str, estimate: Estimate, now: float, tokens: int | None) -> None:
+        """A call admitted with `estimate` ended having used `tokens`: the reservation gives way to them."""
+        for held, amount in ((self._reserved_tokens, estimate.tokens), (self._reserved_cost, estimate.cost)):
+            if amount and name in held:
+                left = held[name] - amount
+                if left > 0:
+                    held[name] = left  # type: ignore[assignment]
+                else:
+                    del held[name]
+        if tokens:
+            self.used_tokens(name, now, tokens)
 
     def release(self, name: str) -> None:
         count = self._in_flight.get(name, 0)
@@ -119,6 +145,34 @@ class Limiter:
             idle = [name for name, window in windows.items() if name not in in_flight and not window.total(now)]
             for name in idle:
                 del windows[name]
+
+
+def too_large(name: str, tpm: int, tokens: int) -> Refusal:
+    """A call whose own estimate passes the key's tpm: it could never be admitted, so no 429."""
+    return Refusal(413, f"this request is estimated at {tokens} tokens (input and max output), more than key "
+                        f"{name!r}'s limit of {tpm} tokens per minute; send less or lower max_tokens",
+                   "request_too_large")
+
+
+def over_budget(key: VirtualKey, spend: Decimal, held: Decimal, wall: datetime) -> Refusal:
+    wait = _until_next_period(key.period, wall)
+    in_flight = f" (and ${held} held by calls in flight)" if held else ""
+    return Refusal(429, f"key {key.name!r} has spent ${spend}{in_flight} of its ${key.budget} {key.period} budget",
+                   "insufficient_quota", _retry_headers(wait))
+
+
+def rate_refusal(name: str, limit: int, unit: str, wait: float) -> Refusal:
+    return Refusal(429, f"key {name!r} is over its limit of {limit} {unit} per minute", "rate_limit_exceeded", {
+        **_retry_headers(wait),
+        f"x-ratelimit-limit-{unit}": str(limit),
+        f"x-ratelimit-remaining-{unit}": "0",
+        f"x-ratelimit-reset-{unit}": _reset(wait),
+    })
+
+
+def parallel_refusal(name: str, parallel: int) -> Refusal:
+    return Refusal(429, f"key {name!r} already has {parallel} requests in flight (its parallel limit)",
+                   "parallel_limit_exceeded", _retry_headers(1))
 
 
 def _until_next_period(period: str, wall: datetime) -> float:

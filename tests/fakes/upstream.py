@@ -239,6 +239,8 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._fail_counts: dict[str, int] = {}
         self._request_no = 0
+        self.active = 0  # requests being answered now
+        self.max_active = 0  # the most answered at once (tests of concurrency limits reset it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -346,8 +348,17 @@ class FakeUpstream:
                 except _BadRequest as exc:
                     await self._send_error(writer, "openai", 400, str(exc), self._next_id(), keep_alive=False)
                     break
-                if request is None or not await self._handle(request, writer):
+                if request is None:
                     break
+                with self._lock:
+                    self.active += 1
+                    self.max_active = max(self.max_active, self.active)
+                try:
+                    if not await self._handle(request, writer):
+                        break
+                finally:
+                    with self._lock:
+                        self.active -= 1
         except _CLIENT_GONE:
             pass
         except asyncio.CancelledError:

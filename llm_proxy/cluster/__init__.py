@@ -1,0 +1,1 @@
+"""Limits shared by several proxies through Redis (llm_redis)."""
