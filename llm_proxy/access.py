@@ -159,7 +159,9 @@ class Access:
         """The call's tpm estimate and budget bound, for a key that has either limit."""
         if key.tpm is None and key.budget is None:
             return NOTHING
-        return estimate(len(headers.body(request)), call.max_output, call.route.provider.name, call.model,
+        # A WebSocket call's body is its response.create message, not the upgrade request's (empty) body.
+        body = call.request_body if isinstance(call.request_body, (bytes, bytearray)) else headers.body(request)
+        return estimate(len(body), call.max_output, call.route.provider.name, call.model,
                         self.price, output_bound=self.output_bound, priced=key.budget is not None)
 
     async def _spend_of(self, name: str) -> Decimal | None:

@@ -142,7 +142,8 @@ class ResponsesWebSocket:
         route, credential = session.route, session.credential
         body = {"unread_bytes": len(message.content)} if info.too_large else message.content
         call = Call(route=route, model=info.model, streaming=True, strip_usage_chunk=False, request_body=body,
-                    key_id=credential.key_id, path=session.socket.path, key_hash=credential.key_hash)
+                    key_id=credential.key_id, path=session.socket.path, key_hash=credential.key_hash,
+                    max_output=info.max_output)
         turn = Turn(number=session.pairing.next_number(), started=now, call=call, stream_id=info.stream_id)
         access = self.metering.access
         refusal: Refusal | None

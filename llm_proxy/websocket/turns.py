@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..limits.estimate import max_output
 from ..usage.base import loads
 from ..usage.model import text
 from ..usage.openai import ResponsesStream
@@ -44,6 +45,7 @@ class ClientMessage:
     model: str | None = None
     stream_id: str | None = None
     too_large: bool = False  # a message we refuse to read (see MAX_PARSED_BYTES)
+    max_output: int | None = None  # max_output_tokens it allows: its tpm and budget estimate
 
 
 def read_client_message(content: bytes) -> ClientMessage:
@@ -67,6 +69,7 @@ def read_client_message(content: bytes) -> ClientMessage:
         create=True,
         model=text(model) if isinstance(model, str) else None,
         stream_id=stream_id if isinstance(stream_id, str) else None,
+        max_output=max_output(nested if isinstance(nested, dict) else obj),
     )
 
 

@@ -290,3 +290,10 @@ def test_passthrough_upgrade_keeps_the_clients_key_and_fingerprints_it() -> None
     credential, refusal = admit_socket(Access(), request, OPENAI)
     assert refusal is None and credential.key_id == fingerprint("sk-client-own")
     assert request.headers["authorization"] == "Bearer sk-client-own"
+
+
+def test_a_response_create_names_its_output_bound_for_tpm_and_budget_estimates() -> None:
+    flat = read_client_message(b'{"type": "response.create", "model": "gpt-5", "max_output_tokens": 700}')
+    nested = read_client_message(b'{"type": "response.create", "response": {"model": "gpt-5", "max_output_tokens": 90}}')
+    unbounded = read_client_message(b'{"type": "response.create", "model": "gpt-5"}')
+    assert (flat.max_output, nested.max_output, unbounded.max_output) == (700, 90, None)
