@@ -195,7 +195,7 @@ class InProcess:
                     os.environ[name] = value
             if self.database == "postgresql":
                 with psycopg.connect(PG_URL, autocommit=True) as conn:
-                    conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+                    conn.execute(f"DROP TABLE IF EXISTS {self.table}, {self.table}_bodies CASCADE")
                     conn.execute(f"DROP TABLE IF EXISTS {self.table}_stage")
 
     # --- one case --------------------------------------------------------------------

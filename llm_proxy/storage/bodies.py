@@ -1,0 +1,240 @@
+"""Bodies stored once: a large body is split into parts kept by hash, the row keeps a reference.
+
+Coding agents resend the whole conversation on every call: the system prompt,
+the tools and every earlier message again. Stored verbatim, a 50-call session
+writes the same megabytes 50 times. Here a body of at least SPLIT_MIN_CHARS is
+cut, at exact character offsets of its JSON text, into:
+
+- parts: each element of a top-level `messages` / `input` / `contents` array
+  and the whole value of `tools` / `system` / `instructions` / ... when at
+  least PART_MIN_CHARS long, stored once in `<table>_bodies` under a 16-byte
+  BLAKE2b hash of its text;
+- a reference document kept in the row's jsonb column:
+  `["llm-body/1", literal, hash, literal, hash, ..., literal]`, where the
+  literals are the exact text between the parts.
+
+Joining the literals and the parts' texts in order gives back the exact text
+that arrived (key order, whitespace, 1.0 vs 1, big numbers, escapes): the
+view `<table>_full` does it in SQL, `rebuild` in Python. Smaller bodies stay
+plain jsonb as before.
+
+Runs in the writer thread only (hashing and scanning cost ~1 ms per 150 KB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+MARKER = "llm-body/1"
+SPLIT_MIN_CHARS = 2048  # smaller bodies stay plain jsonb: nothing worth sharing, readable as they were
+PART_MIN_CHARS = 128  # a reference costs ~40 bytes per row: smaller values stay in the literal
+ARRAY_KEYS = frozenset({"messages", "input", "contents"})  # conversation turns: one part per element
+WHOLE_KEYS = frozenset({"tools", "system", "instructions", "systemInstruction", "system_instruction", "functions",
+                        "tool_config", "toolConfig"})
+
+_WS = re.compile(r"[ \t\n\r]*")
+_scan = json.JSONDecoder().scan_once  # the C scanner: the end of a JSON value at an offset
+
+
+def part_hash(text: str) -> bytes:
+    """16 bytes of BLAKE2b over the part's UTF-8 text: collisions are out of reach (2^64 work)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class _NotSplittable(Exception):
+    pass
+
+
+def _ws(text: str, index: int) -> int:
+    return _WS.match(text, index).end()  # type: ignore[union-attr]  # matches the empty string at worst
+
+
+def _value_end(text: str, index: int) -> int:
+    try:
+        _, end = _scan(text, index)
+    except StopIteration as e:
+        raise _NotSplittable from e
+    return end
+
+
+def _expect(text: str, index: int, chars: str) -> str:
+    if index >= len(text) or text[index] not in chars:
+        raise _NotSplittable
+    return text[index]
+
+
+def split(text: str, *, part_min: int = PART_MIN_CHARS) -> tuple[list[str], dict[bytes, str]] | None:
+    """`text` (a JSON object's text) as [literal, hash-hex, literal, ..., literal] and the parts by
+    hash; None when it is not an object with anything to share (or not valid JSON at all)."""
+    segments: list[str] = []
+    parts: dict[bytes, str] = {}
+    start = 0  # where the current literal begins
+
+    def part(a: int, b: int) -> None:
+        nonlocal start
+        if b - a < part_min:
+            return
+        data = text[a:b]
+        digest = part_hash(data)
+        parts[digest] = data
+        segments.append(text[start:a])
+        segments.append(digest.hex())
+        start = b
+
+    try:
+        i = _ws(text, 0)
+        _expect(text, i, "{")
+        i = _ws(text, i + 1)
+        if _expect(text, i, '"}') == '"':
+            while True:
+                key, i = _scan(text, i)
+                i = _ws(text, i)
+                _expect(text, i, ":")
+                i = _ws(text, i + 1)
+                if key in ARRAY_KEYS and i < len(text) and text[i] == "[":
+                    i = _ws(text, i + 1)
+                    if i < len(text) and text[i] != "]":
+                        while True:
+                            end = _value_end(text, i)
+                            part(i, end)
+                            i = _ws(text, end)
+                            if _expect(text, i, ",]") == "]":
+                                break
+                            i = _ws(text, i + 1)
+                    _expect(text, i, "]")
+                    i += 1
+                else:
+                    end = _value_end(text, i)
+                    if key in WHOLE_KEYS:
+                        part(i, end)
+                    i = end
+                i = _ws(text, i)
+                if _expect(text, i, ",}") == "}":
+                    break
+                i = _ws(text, i + 1)
+                _expect(text, i, '"')
+        if _ws(text, i + 1) != len(text):
+            return None  # trailing text: not one JSON value
+    except (_NotSplittable, StopIteration, ValueError, RecursionError):
+        return None
+    segments.append(text[start:])
+    return segments, parts
+
+
+def rebuild(segments: list[str], part: Callable[[str], str | None]) -> str | None:
+    """The exact text again: literals and parts (looked up by hash hex) in order; None if a part is gone."""
+    out: list[str] = []
+    for index, segment in enumerate(segments):
+        if index % 2:
+            data = part(segment)
+            if data is None:
+                return None
+            out.append(data)
+        else:
+            out.append(segment)
+    return "".join(out)
+
+
+def reference(segments: list[str]) -> str:
+    """The reference document's JSON text, as the row stores it."""
+    return json.dumps([MARKER, *segments], ensure_ascii=False, separators=(",", ":"))
+
+
+def is_reference(value: Any) -> bool:
+    """A decoded column value that is a reference document (not a body)."""
+    return isinstance(value, list) and len(value) % 2 == 0 and bool(value) and value[0] == MARKER
+
+
+def read_body(value: Any, part: Callable[[str], str | None]) -> Any:
+    """A stored body column (jsonb decoded, or text) as the body's exact JSON text, or as it was."""
+    if isinstance(value, str):
+        if MARKER not in value:
+            return value
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if not is_reference(value):
+        return value
+    return rebuild(value[1:], part)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch's rows with bodies replaced by references, and the parts the database may lack."""
+    rows: list[list[Any]]
+    parts: dict[bytes, str] = field(default_factory=dict)
+
+
+class PartCache:
+    """Hashes this writer already stored today, so a resent conversation sends only new turns.
+
+    Keyed by hash, valued by the day the part's `seen` was last raised to: a part is sent again
+    (raising `seen`) once a day, so retention can tell unused parts by `seen` alone."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[bytes, date] = OrderedDict()
+
+    def fresh(self, digest: bytes, today: date) -> bool:
+        day = self._seen.get(digest)
+        if day is None or day < today:
+            return False
+        self._seen.move_to_end(digest)
+        return True
+
+    def stored(self, digests: Iterable[bytes], today: date) -> None:
+        """After the transaction that sent them committed."""
+        for digest in digests:
+            self._seen[digest] = today
+            self._seen.move_to_end(digest)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+def store_text(text: str, parts: dict[bytes, str], *, split_min: int = SPLIT_MIN_CHARS) -> str:
+    """The column text for a body's JSON text: a reference document, or the text itself when small.
+
+    A small text that mentions the marker is wrapped too, so that every reference document
+    in the table was made here: a client cannot send one that points at another row's parts."""
+    if len(text) < split_min and MARKER not in text:
+        return text
+    found = split(text) if len(text) >= split_min else None
+    if found is None:
+        if len(text) < split_min or MARKER in text:
+            return reference([text])  # one literal: the exact text
+        return text  # not a JSON object (jsonb refuses it, or takes it as it is)
+    segments, new = found
+    parts.update(new)
+    return reference(segments)
+
+
+def prepare(rows: Iterable[list[Any]], indexes: Iterable[int], cache: PartCache, today: date) -> Prepared:
+    """Copies of `rows` with the body columns at `indexes` stored as references, and the parts
+    not known to be in the database already."""
+    indexes = tuple(indexes)
+    out = Prepared([])
+    found: dict[bytes, str] = {}
+    for row in rows:
+        copy = list(row)
+        for index in indexes:
+            value = copy[index]
+            if isinstance(value, str):
+                copy[index] = store_text(value, found)
+        out.rows.append(copy)
+    out.parts = {h: data for h, data in found.items() if not cache.fresh(h, today)}
+    return out
+
+
+def lookup(parts: Mapping[str, str]) -> Callable[[str], str | None]:
+    return parts.get
