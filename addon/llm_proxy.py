@@ -13,7 +13,8 @@ except ImportError:  # run from a plain checkout
 
 from llm_proxy.addon import LLMProxy
 from llm_proxy.control.addon import ControlPlane
+from llm_proxy.retention.addon import BodyRetention
 
 metering = LLMProxy()
 control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS preflights first
-addons = [control, metering, control.clock]  # the clock after metering times its hooks
+addons = [control, metering, control.clock, BodyRetention()]  # the clock after metering times its hooks

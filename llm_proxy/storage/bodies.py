@@ -202,11 +202,13 @@ class PartCache:
         self._seen.clear()
 
 
-def store_text(text: str, parts: dict[bytes, str], *, split_min: int = SPLIT_MIN_CHARS) -> str:
+def store_text(text: str, parts: dict[bytes, str], *, split_min: int | None = None) -> str:
     """The column text for a body's JSON text: a reference document, or the text itself when small.
 
     A small text that mentions the marker is wrapped too, so that every reference document
     in the table was made here: a client cannot send one that points at another row's parts."""
+    if split_min is None:
+        split_min = SPLIT_MIN_CHARS
     if len(text) < split_min and MARKER not in text:
         return text
     found = split(text) if len(text) >= split_min else None
