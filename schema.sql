@@ -70,16 +70,18 @@ SELECT id, request_id, ts, duration_ms, ttft_ms, provider, api, method, path, up
     response_model, key_id, streaming, status, error, input_tokens, output_tokens, total_tokens,
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd, attempts, fallback_from,
     CASE WHEN jsonb_typeof(request_body) = 'array' AND request_body ->> 0 = 'llm-body/1' THEN (
-        SELECT CASE WHEN count(x) = count(*) THEN string_agg(x, '' ORDER BY n)::json END
-        FROM (SELECT n, CASE WHEN n % 2 = 0 THEN v #>> '{}' ELSE (SELECT data FROM llm_requests_bodies
-                  WHERE hash = decode(v #>> '{}', 'hex')) END AS x
-              FROM jsonb_array_elements(request_body) WITH ORDINALITY AS p (v, n) WHERE n > 1) AS s)
+        SELECT CASE WHEN bool_and(n % 2 = 0 OR b.data IS NOT NULL)
+                    THEN string_agg(CASE WHEN n % 2 = 0 THEN v #>> '{}' ELSE b.data END, '' ORDER BY n)::json END
+        FROM jsonb_array_elements(request_body) WITH ORDINALITY AS p (v, n)
+        LEFT JOIN llm_requests_bodies AS b ON b.hash = decode(CASE WHEN n % 2 = 1 THEN v #>> '{}' END, 'hex')
+        WHERE n > 1)
     ELSE request_body::json END AS request_body,
     CASE WHEN jsonb_typeof(response_body) = 'array' AND response_body ->> 0 = 'llm-body/1' THEN (
-        SELECT CASE WHEN count(x) = count(*) THEN string_agg(x, '' ORDER BY n)::json END
-        FROM (SELECT n, CASE WHEN n % 2 = 0 THEN v #>> '{}' ELSE (SELECT data FROM llm_requests_bodies
-                  WHERE hash = decode(v #>> '{}', 'hex')) END AS x
-              FROM jsonb_array_elements(response_body) WITH ORDINALITY AS p (v, n) WHERE n > 1) AS s)
+        SELECT CASE WHEN bool_and(n % 2 = 0 OR b.data IS NOT NULL)
+                    THEN string_agg(CASE WHEN n % 2 = 0 THEN v #>> '{}' ELSE b.data END, '' ORDER BY n)::json END
+        FROM jsonb_array_elements(response_body) WITH ORDINALITY AS p (v, n)
+        LEFT JOIN llm_requests_bodies AS b ON b.hash = decode(CASE WHEN n % 2 = 1 THEN v #>> '{}' END, 'hex')
+        WHERE n > 1)
     ELSE response_body::json END AS response_body,
     client_addr
 FROM llm_requests;

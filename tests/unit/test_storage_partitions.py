@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from bench.storage import agent_session, records
+from llm_proxy.cli import main as cli
 from llm_proxy.control.reports import drop_calls_table, ensure_rollup, rollup_ready
 from llm_proxy.record import COLUMNS
 from llm_proxy.storage.dsn import parse_db_url
@@ -195,7 +196,7 @@ def test_an_older_unpartitioned_table_keeps_working_and_migrates(table) -> None:
         rollup_agrees(conn, table)
 
 
-def test_prune_cli_on_postgres_and_sqlite(table, tmp_path) -> None:
+def test_prune_cli_on_postgres_and_sqlite(table, tmp_path, capsys) -> None:
     now = datetime.now(UTC)
     write(table, now - timedelta(days=100), SESSION[:2])
     write(table, now, SESSION[:1])
@@ -217,16 +218,14 @@ def test_prune_cli_on_postgres_and_sqlite(table, tmp_path) -> None:
     sink.connect()  # a new writer: it raises `seen` of the parts it uses
     sink.write([row_values(records(SESSION[:1], now)[0], body_max_bytes=None)])
     sink.close()
-    out = subprocess.run([CLI, "db", "prune", "--older-than", "30d", "--bodies-only", "--db", f"sqlite:///{path}"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "bodies of 3 rows older than" in out.stdout and "4 unused body parts freed" in out.stdout
-    out = subprocess.run([CLI, "db", "prune", "--older-than", "30d", "--db", f"sqlite:///{path}"],
-                         capture_output=True, text=True, timeout=60)
-    assert "3 rows older than" in out.stdout, out.stdout + out.stderr
+    # In-process from here on: the same entry point as the command, without a second start-up.
+    assert cli(["db", "prune", "--older-than", "30d", "--bodies-only", "--db", f"sqlite:///{path}"]) == 0
+    out = capsys.readouterr().out
+    assert "bodies of 3 rows older than" in out and "4 unused body parts freed" in out
+    assert cli(["db", "prune", "--older-than", "30d", "--db", f"sqlite:///{path}"]) == 0
+    assert "3 rows older than" in capsys.readouterr().out
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT request_body FROM llm_requests_full").fetchall() == [(SESSION[0][0].decode(),)]
     conn.close()
-    bad = subprocess.run([CLI, "db", "prune", "--older-than", "soon", "--db", f"sqlite:///{path}"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--older-than" in bad.stderr
+    assert cli(["db", "prune", "--older-than", "soon", "--db", f"sqlite:///{path}"]) == 2
+    assert "--older-than" in capsys.readouterr().err
