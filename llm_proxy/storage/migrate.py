@@ -39,7 +39,8 @@ def migrate(conn: psycopg.Connection, table: str) -> int | None:
         conn.execute(f"DROP VIEW IF EXISTS {full_view(table)}")
         conn.execute(f"ALTER TABLE {table} RENAME TO {old}")
         for (index,) in conn.execute(
-            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(%s)",
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = to_regclass(%s)",
             (old,),
         ).fetchall():
             if index.startswith(table):

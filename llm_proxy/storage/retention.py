@@ -54,8 +54,8 @@ class Retention:
         if self.postgres:
             import psycopg
 
-            self._conn = psycopg.connect(self.database.target, connect_timeout=10, application_name="llm-proxy retention",
-                                         options="-c TimeZone=UTC")
+            self._conn = psycopg.connect(self.database.target, connect_timeout=10,
+                                         application_name="llm-proxy retention", options="-c TimeZone=UTC")
         else:
             # mode=rw: a mistyped path is an error, not a new empty database
             self._conn = sqlite3.connect(f"file:{quote(self.database.target)}?mode=rw", uri=True, timeout=30,
