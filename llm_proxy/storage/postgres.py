@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..record import COLUMNS
-from .bodies import PartCache, Prepared, prepare
+from .bodies import KnownParts, PartCache, Prepared, prepare
 from .partitions import ensure_ahead, month_start, partitioned
 from .schema import bodies_table, schema_for
 
@@ -96,6 +96,7 @@ class PostgresSink:
             "ORDER BY hash ON CONFLICT (hash) DO UPDATE SET seen = EXCLUDED.seen WHERE b.seen < EXCLUDED.seen"
         )
         self.parts = PartCache()
+        self.known = KnownParts()  # turns seen lately: recognised again without a parse
         self.partitioned = False
         self._month: datetime | None = None  # the month whose partitions were last made ahead
 
@@ -192,7 +193,7 @@ class PostgresSink:
             self.connect()
         assert self._conn is not None
         today = datetime.now(UTC).date()
-        batch = prepare(rows, BODY_INDEXES, self.parts, today)
+        batch = prepare(rows, BODY_INDEXES, self.parts, today, self.known)
         data = copy_text(batch.rows)
         try:
             with self._deadline(self._conn):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..record import COLUMNS
-from .bodies import PartCache, prepare
+from .bodies import KnownParts, PartCache, prepare
 from .schema import bodies_table, sqlite_schema
 
 BODY_INDEXES = (COLUMNS.index("request_body"), COLUMNS.index("response_body"))
@@ -36,6 +36,7 @@ class SqliteSink:
             "ON CONFLICT (hash) DO UPDATE SET seen = excluded.seen WHERE b.seen < excluded.seen"
         )
         self.parts = PartCache()
+        self.known = KnownParts()  # turns seen lately: recognised again without a parse
 
     def connect(self) -> None:
         self.close()
@@ -59,7 +60,7 @@ class SqliteSink:
         assert self._conn is not None
         conn = self._conn
         today = datetime.now(UTC).date()
-        batch = prepare(rows, BODY_INDEXES, self.parts, today)
+        batch = prepare(rows, BODY_INDEXES, self.parts, today, self.known)
         conn.execute("BEGIN")
         try:
             if batch.parts:

@@ -19,6 +19,7 @@ from llm_proxy.record import COLUMNS
 from llm_proxy.storage import bodies
 from llm_proxy.storage.bodies import (
     MARKER,
+    KnownParts,
     PartCache,
     part_hash,
     prepare,
@@ -68,6 +69,29 @@ def test_rebuild_of_split_is_the_exact_text(pairs, style, part_min) -> None:
     assert all(json.loads(data) is not None or data == "null" for data in parts.values())  # each part is JSON
     for digest, data in parts.items():
         assert part_hash(data) == digest
+
+
+@given(st.lists(bodies_st, min_size=1, max_size=4), st.integers(0, 3))
+def test_recognising_known_parts_changes_nothing(conversation, style) -> None:
+    """A growing conversation split with the memory of earlier parts, and without: the same."""
+    known = KnownParts(max_chars=4096)
+    grown: list[tuple[str, object]] = []
+    for pairs in conversation:
+        grown = grown + pairs
+        for text in (dumps(grown, style), dumps(list(reversed(grown)), style)):
+            assert split(text, part_min=0, known=known) == split(text, part_min=0)
+
+
+def test_a_known_part_inside_another_value_is_not_mistaken_for_it() -> None:
+    turn = json.dumps({"role": "user", "content": "x" * 200})
+    known = KnownParts()
+    first = json.dumps({"messages": [json.loads(turn)]})
+    split(first, known=known)
+    for text in (json.dumps({"messages": [turn]}),  # the same characters, as a string
+                 json.dumps({"messages": [[json.loads(turn)]]}),  # nested one level deeper
+                 json.dumps({"messages": [{**json.loads(turn), "more": 1}]})):  # the same opening, longer
+        assert split(text, known=known) == split(text)
+        assert join(*split(text, known=known)) == text  # type: ignore[misc]
 
 
 @given(values, st.integers(0, 3))
