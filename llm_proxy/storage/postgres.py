@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -35,12 +36,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..record import COLUMNS
 from .bodies import KnownParts, PartCache, Prepared, prepare
+from .errors import summarize
 from .partitions import ensure_ahead, month_start, partitioned
 from .schema import bodies_table, schema_for
 
 logger = logging.getLogger(__name__)
 
 _SCHEMA_LOCK = 0x6C6C6D70  # "llmp": serialises concurrent start-ups applying the DDL
+PARTITION_LOCK_TIMEOUT = 2.0  # seconds making a partition may wait for the parent table's lock
+PARTITION_RETRY = 600  # seconds before trying again after that failed
 BODY_INDEXES = (COLUMNS.index("request_body"), COLUMNS.index("response_body"))
 
 
@@ -99,6 +103,7 @@ class PostgresSink:
         self.known = KnownParts()  # turns seen lately: recognised again without a parse
         self.partitioned = False
         self._month: datetime | None = None  # the month whose partitions were last made ahead
+        self._ahead_retry = 0.0  # monotonic time before which making them is not tried again
 
     def connect(self) -> None:
         """Open the connection, apply schema.sql, prepare the staging table."""
@@ -135,19 +140,39 @@ class PostgresSink:
         self._conn = conn
 
     def _ahead(self, conn: psycopg.Connection) -> None:
-        """Make this month's and next month's partitions, once per month."""
+        """Make this month's and next month's partitions, once per month.
+
+        Creating a partition locks the parent table: with a short lock timeout, so that a long
+        report never holds the writer (and every writer queued behind it) up. A failure only
+        logs and tries again later: until then rows go to the default partition, which takes
+        any row."""
         if not self.partitioned:
             return
         now = datetime.now(UTC)
         month = month_start(now)
-        if month == self._month:
+        if month == self._month or time.monotonic() < self._ahead_retry:
             return
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            made = ensure_ahead(conn, self.table, now)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                conn.execute(f"SET LOCAL lock_timeout = {int(PARTITION_LOCK_TIMEOUT * 1000)}")
+                made = ensure_ahead(conn, self.table, now)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if not isinstance(e, psycopg.errors.LockNotAvailable):
+                raise  # the connection is in trouble: the writer's own handling
+            self._ahead_failed(e)
+            return
+        except psycopg.Error as e:
+            self._ahead_failed(e)
+            return
         if made:
             logger.info("llm-proxy made the partitions %s of %s", ", ".join(made), self.table)
         self._month = month
+
+    def _ahead_failed(self, error: Exception) -> None:
+        self._ahead_retry = time.monotonic() + PARTITION_RETRY
+        logger.warning("llm-proxy could not make next month's partition of %s yet (%s); rows go to its default "
+                       "partition meanwhile, trying again in %ds", self.table, summarize(error), PARTITION_RETRY)
 
     @contextlib.contextmanager
     def _deadline(self, conn: psycopg.Connection) -> Iterator[None]:

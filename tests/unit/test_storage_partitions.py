@@ -29,6 +29,7 @@ from llm_proxy.storage.partitions import ensure_month, month_start, next_month, 
 from llm_proxy.storage.postgres import PostgresSink
 from llm_proxy.storage.retention import Retention
 from llm_proxy.storage.rows import row_values
+from llm_proxy.storage.schema import schema_for
 from llm_proxy.storage.sqlite import SqliteSink
 
 PG_URL = os.environ.get("LLM_PROXY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -229,3 +230,26 @@ def test_prune_cli_on_postgres_and_sqlite(table, tmp_path, capsys) -> None:
     conn.close()
     assert cli(["db", "prune", "--older-than", "soon", "--db", f"sqlite:///{path}"]) == 2
     assert "--older-than" in capsys.readouterr().err
+
+
+def test_a_busy_table_delays_the_partition_not_the_rows(table, caplog) -> None:
+    """Making a partition waits for the parent's lock at most briefly; rows go to the default meanwhile."""
+    now = datetime.now(UTC)
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(schema_for(table).encode())
+    blocker = psycopg.connect(PG_URL)
+    try:
+        blocker.execute(f"SELECT count(*) FROM {table}")  # a long report: its lock is held until it ends
+        sink = PostgresSink(PG_URL, table)
+        sink.connect()
+        sink.write([row_values(r, body_max_bytes=None) for r in records(SESSION[:2], now)])
+        assert "could not make next month's partition" in caplog.text
+    finally:
+        blocker.close()
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table}_default").fetchone()[0] == 2
+        sink._ahead_retry = 0.0  # as after PARTITION_RETRY seconds
+        sink.write([row_values(r, body_max_bytes=None) for r in records(SESSION[2:3], now)])
+        sink.close()
+        assert conn.execute(f"SELECT count(*) FROM {table}_default").fetchone()[0] == 0
+        assert conn.execute(f"SELECT count(*) FROM {partition_name(table, month_start(now))}").fetchone()[0] == 3
