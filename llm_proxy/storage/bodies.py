@@ -86,13 +86,15 @@ class KnownParts:
         self.max_chars = max_chars
         self._chars = 0
         self._by_head: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
-        self._next: dict[bytes, tuple[str, bytes]] = {}  # a part -> the part after it, last time
+        self._by_digest: dict[bytes, str] = {}  # the same texts (kept and evicted together)
+        self._next: dict[bytes, bytes] = {}  # a part's hash -> the hash of the part after it, last time
 
     def match(self, text: str, index: int, previous: bytes | None) -> tuple[int, bytes, str] | None:
         if previous is not None:
-            found = self._next.get(previous)
-            if found is not None and text.startswith(found[0], index):
-                return index + len(found[0]), found[1], found[0]
+            following = self._next.get(previous)
+            data = self._by_digest.get(following) if following is not None else None
+            if data is not None and following is not None and text.startswith(data, index):
+                return index + len(data), following, data
         found = self._by_head.get(text[index:index + self.PROBE])
         if found is None or not text.startswith(found[0], index):
             return None
@@ -102,18 +104,23 @@ class KnownParts:
         if len(data) < self.PROBE or data[0] not in '{["' or len(data) > self.max_chars // 4:
             return
         if previous is not None:
-            self._next[previous] = (data, digest)
+            self._next[previous] = digest
         head = data[:self.PROBE]
         old = self._by_head.pop(head, None)
         if old is not None:
-            self._chars -= len(old[0])
+            self._forget(old)
         self._by_head[head] = (data, digest)
+        self._by_digest[digest] = data
         self._chars += len(data)
         while self._chars > self.max_chars:
-            _, (gone, _) = self._by_head.popitem(last=False)
-            self._chars -= len(gone)
+            self._forget(self._by_head.popitem(last=False)[1])
         if len(self._next) > 4 * len(self._by_head) + 1024:
             self._next.clear()  # successors of forgotten parts: found again by their heads
+
+    def _forget(self, entry: tuple[str, bytes]) -> None:
+        self._chars -= len(entry[0])
+        if self._by_digest.get(entry[1]) is entry[0]:
+            del self._by_digest[entry[1]]
 
 
 def split(text: str, *, part_min: int = PART_MIN_CHARS, known: KnownParts | None = None
