@@ -174,11 +174,13 @@ def test_body_retention_keeps_rows_drops_bodies_and_unused_parts(table) -> None:
         rollup_agrees(conn, table)
 
 
-def test_an_older_unpartitioned_table_keeps_working_and_migrates(table) -> None:
+def test_an_older_unpartitioned_table_keeps_working_and_migrates(table, capsys) -> None:
     now = datetime.now(UTC)
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(OLD_DDL.format(t=table))
     before = write(table, now - timedelta(days=70))  # the proxy of this version on the old table
+    cli(["doctor", "--db", PG_URL, "--table", table])
+    assert f"table {table} is not partitioned by month" in capsys.readouterr().out
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         assert not partitioned(conn, table)
         ensure_rollup(conn, table)
