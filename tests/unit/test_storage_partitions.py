@@ -255,3 +255,14 @@ def test_a_busy_table_delays_the_partition_not_the_rows(table, caplog) -> None:
         sink.close()
         assert conn.execute(f"SELECT count(*) FROM {table}_default").fetchone()[0] == 0
         assert conn.execute(f"SELECT count(*) FROM {partition_name(table, month_start(now))}").fetchone()[0] == 3
+
+
+def test_bench_storage_measures_before_and_after() -> None:
+    from bench.storage import measure_postgres, measure_sqlite
+
+    session = list(agent_session(8))
+    end_to_end = sum(len(a) + len(b) for a, b in session)
+    for measure in (lambda split: measure_postgres(PG_URL, session, split=split),
+                    lambda split: measure_sqlite(session, split=split)):
+        before, after = measure(False), measure(True)
+        assert sum(after.values()) < sum(before.values()) < 2 * end_to_end
