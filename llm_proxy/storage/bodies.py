@@ -300,6 +300,11 @@ def prepare(rows: Iterable[list[Any]], indexes: Iterable[int], cache: PartCache,
         copy = list(row)
         for index in indexes:
             value = copy[index]
+            if isinstance(value, bytes):  # JSON text as bytes, should a caller pass it so
+                try:
+                    value = value.decode()
+                except UnicodeDecodeError:
+                    continue
             if isinstance(value, str):
                 copy[index] = store_text(value, found, known=known)
         out.rows.append(copy)

@@ -179,6 +179,28 @@ def test_sqlite_view_reads_back_exact_bodies_stored_once(tmp_path) -> None:
     conn.close()
 
 
+@given(st.lists(st.tuples(bodies_st, st.integers(0, 3)), min_size=1, max_size=3))
+def test_sqlite_view_rebuilds_any_stored_body_exactly(cases) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = SqliteSink(f"{tmp}/x.db", "t")
+        sink.connect()
+        saved = bodies.SPLIT_MIN_CHARS
+        bodies.SPLIT_MIN_CHARS = 0
+        try:
+            rows = [row_values(r, body_max_bytes=None) for r in records(
+                [(dumps(pairs, style).encode(), b"{}") for pairs, style in cases])]
+            sink.write(rows)
+        finally:
+            bodies.SPLIT_MIN_CHARS = saved
+            sink.close()
+        conn = sqlite3.connect(f"{tmp}/x.db")
+        back = [r[0] for r in conn.execute("SELECT request_body FROM t_full ORDER BY id")]
+        conn.close()
+    assert back == [row[COLUMNS.index("request_body")] for row in rows]  # the text as cleaned for storage
+
+
 def test_sqlite_view_of_a_missing_part_is_null_not_a_broken_body(tmp_path) -> None:
     session = list(agent_session(2))
     sink = SqliteSink(str(tmp_path / "x.db"), "t")

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.storage import agent_session, records
+from tests.unit.test_storage_bodies import bodies_st, dumps
 from llm_proxy.cli import main as cli
 from llm_proxy.control.reports import drop_calls_table, ensure_rollup, rollup_ready
 from llm_proxy.record import COLUMNS
+from llm_proxy.storage import bodies
 from llm_proxy.storage.dsn import parse_db_url
 from llm_proxy.storage.migrate import migrate
 from llm_proxy.storage.partitions import ensure_month, month_start, next_month, partition_name, partitioned, partitions
@@ -266,3 +270,31 @@ def test_bench_storage_measures_before_and_after() -> None:
                     lambda split: measure_sqlite(session, split=split)):
         before, after = measure(False), measure(True)
         assert sum(after.values()) < sum(before.values()) < 2 * end_to_end
+
+
+@pytest.fixture(scope="module")
+def property_table() -> Iterator[str]:
+    name = "llmp_parts_prop_" + secrets.token_hex(4)
+    yield name
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        drop_calls_table(conn, name)
+
+
+@settings(max_examples=25)
+@given(st.lists(st.tuples(bodies_st, st.integers(0, 3)), min_size=1, max_size=3))
+def test_postgres_view_rebuilds_any_stored_body_exactly(property_table, cases) -> None:
+    saved = bodies.SPLIT_MIN_CHARS
+    bodies.SPLIT_MIN_CHARS = 0
+    sink = PostgresSink(PG_URL, property_table)
+    try:
+        rows = [row_values(r, body_max_bytes=None) for r in records(
+            [(dumps(pairs, style).encode(), b"{}") for pairs, style in cases])]
+        sink.write(rows)
+    finally:
+        bodies.SPLIT_MIN_CHARS = saved
+        sink.close()
+    ids = [row[COLUMNS.index("request_id")] for row in rows]
+    with psycopg.connect(PG_URL) as conn:
+        back = dict(conn.execute(f"SELECT request_id, request_body::text FROM {property_table}_full "
+                                 "WHERE request_id = ANY(%s)", (ids,)).fetchall())
+    assert [back[i] for i in ids] == [row[COLUMNS.index("request_body")] for row in rows]
