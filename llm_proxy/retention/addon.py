@@ -23,7 +23,7 @@ from ..storage.retention import Retention
 logger = logging.getLogger(__name__)
 
 INTERVAL = 3600.0  # seconds between runs
-FIRST_RUN = 5.0  # after start-up: let the writer create the table first
+FIRST_RUN = 3.0  # after start-up: let the writer create the table first
 
 
 class BodyRetention:

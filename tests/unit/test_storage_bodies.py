@@ -11,7 +11,7 @@ import json
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.storage import agent_session, records
@@ -71,6 +71,7 @@ def test_rebuild_of_split_is_the_exact_text(pairs, style, part_min) -> None:
         assert part_hash(data) == digest
 
 
+@settings(max_examples=30)
 @given(st.lists(bodies_st, min_size=1, max_size=4), st.integers(0, 3))
 def test_recognising_known_parts_changes_nothing(conversation, style) -> None:
     """A growing conversation split with the memory of earlier parts, and without: the same."""
@@ -179,6 +180,7 @@ def test_sqlite_view_reads_back_exact_bodies_stored_once(tmp_path) -> None:
     conn.close()
 
 
+@settings(max_examples=20)
 @given(st.lists(st.tuples(bodies_st, st.integers(0, 3)), min_size=1, max_size=3))
 def test_sqlite_view_rebuilds_any_stored_body_exactly(cases) -> None:
     import tempfile
