@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -281,12 +281,21 @@ def store_text(text: str, parts: dict[bytes, str], *, split_min: int | None = No
         return text
     found = split(text, known=known) if len(text) >= split_min else None
     if found is None:
-        if len(text) < split_min or MARKER in text:
+        if MARKER in text and _valid(text):
             return reference([text])  # one literal: the exact text
-        return text  # not a JSON object (jsonb refuses it, or takes it as it is)
+        return text  # not a JSON object: jsonb takes it as it is, or refuses it (a dead letter, as ever)
     segments, new = found
     parts.update(new)
     return reference(segments)
+
+
+def _valid(text: str) -> bool:
+    """JSON the database's json type takes (only a body that mentions the marker pays for this)."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def prepare(rows: Iterable[list[Any]], indexes: Iterable[int], cache: PartCache, today: date,
@@ -311,6 +320,3 @@ def prepare(rows: Iterable[list[Any]], indexes: Iterable[int], cache: PartCache,
     out.parts = {h: data for h, data in found.items() if not cache.fresh(h, today)}
     return out
 
-
-def lookup(parts: Mapping[str, str]) -> Callable[[str], str | None]:
-    return parts.get

@@ -143,6 +143,7 @@ def test_small_bodies_stay_plain_and_reference_look_alikes_are_wrapped() -> None
     fake = json.dumps([MARKER, "{", "0" * 32, "}"])  # a client's body pretending to be a reference
     stored = store_text(fake, {})
     assert stored != fake and read_body(json.loads(stored), lambda h: "LEAK") == fake
+    assert store_text(f'{{"x": "{MARKER}"', {}) == f'{{"x": "{MARKER}"'  # not JSON: left for jsonb to refuse
     assert read_body({"plain": 1}, lambda h: None) == {"plain": 1}
     assert read_body(reference(["{", "ab", "}"]), lambda h: None) is None  # a part gone: no half body
 
