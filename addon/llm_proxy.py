@@ -15,6 +15,7 @@ from llm_proxy.addon import LLMProxy
 from llm_proxy.cluster.addon import Cluster
 from llm_proxy.control.addon import ControlPlane
 from llm_proxy.jobs.addon import Jobs
+from llm_proxy.retention.addon import BodyRetention
 from llm_proxy.scope.addon import Scope
 from llm_proxy.websocket.addon import ResponsesWebSocket
 
@@ -23,4 +24,5 @@ control = ControlPlane(metering)  # before metering: answers /_llm/ and CORS pre
 cluster = Cluster(metering)  # puts local or Redis-shared limits into metering's access
 jobs = Jobs(metering)  # before metering: queues `Prefer: respond-async` calls, answers /_llm/jobs/
 websocket = ResponsesWebSocket(metering)  # before metering: it owns WebSocket upgrades, and its done() comes first
-addons = [control, Scope(metering), cluster, jobs, websocket, metering, control.clock]  # the clock after metering times its hooks
+addons = [control, Scope(metering), cluster, jobs, websocket, metering, control.clock,  # the clock after metering times its hooks
+          BodyRetention()]

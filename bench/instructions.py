@@ -188,7 +188,7 @@ def _drop(pg: str, table: str) -> None:
         import psycopg
 
         with psycopg.connect(pg, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_bodies CASCADE")
     except Exception as e:  # cleaning up: say so, go on
         print(f"could not drop table {table}: {e}")
 

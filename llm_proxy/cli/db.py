@@ -1,4 +1,4 @@
-"""`llm-proxy db init`, `db replay` and `db reprice`: the database side, by hand."""
+"""`llm-proxy db init`, `replay`, `reprice`, `prune` and `migrate`: the database side, by hand."""
 
 from __future__ import annotations
 
@@ -122,6 +122,61 @@ def reprice(args: argparse.Namespace) -> int:
     return 0
 
 
+def prune(args: argparse.Namespace) -> int:
+    """Delete rows older than a span (whole monthly partitions where possible), or only their bodies."""
+    from ..prices.rows import parse_since
+    from ..storage.retention import Retention
+
+    try:
+        cutoff = parse_since(args.older_than)
+    except ValueError as e:
+        print(f"llm-proxy: --older-than {str(e).removeprefix('--since ')}", file=sys.stderr)
+        return 2
+    db, table = database(args)
+    try:
+        with Retention(db, table) as retention:
+            done = retention.drop_bodies(cutoff) if args.bodies_only else retention.prune(cutoff)
+    except Exception as e:
+        print(f"llm-proxy: cannot prune {db.describe()} table {table}: {e}", file=sys.stderr)
+        return 1
+    when = cutoff.isoformat(timespec="seconds")
+    if args.bodies_only:
+        print(f"{db.describe()}, table {table}: bodies of {done.bodies} rows older than {when} dropped; "
+              f"{done.parts} unused body parts freed")
+    else:
+        dropped = f" ({len(done.partitions)} monthly partitions dropped: {', '.join(done.partitions)})" \
+            if done.partitions else ""
+        print(f"{db.describe()}, table {table}: {done.rows} rows older than {when} deleted{dropped}; "
+              f"{done.parts} unused body parts freed")
+    return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """Convert a table made by an older version (not partitioned) to monthly partitions."""
+    db, table = database(args)
+    if db.kind != "postgresql":
+        print("nothing to migrate: the embedded SQLite database has no partitions")
+        return 0
+    import psycopg
+
+    from ..control.reports import ensure_rollup
+    from ..storage.migrate import migrate as convert
+
+    try:
+        with psycopg.connect(db.target, connect_timeout=10, application_name="llm-proxy cli") as conn:
+            moved = convert(conn, table)
+            if moved is not None and conn.execute("SELECT to_regclass(%s)", (f"{table}_hourly",)).fetchone()[0]:
+                ensure_rollup(conn, table)  # its triggers went with the old table
+    except Exception as e:
+        print(f"llm-proxy: cannot migrate {db.describe()} table {table}: {e}", file=sys.stderr)
+        return 1
+    if moved is None:
+        print(f"{db.describe()}, table {table}: already partitioned by month, nothing to do")
+    else:
+        print(f"{db.describe()}, table {table}: now partitioned by month; {moved} rows moved")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     db = commands.add_parser("db", help="database: apply the schema, replay a journal")
     actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -140,3 +195,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="pricing file, as the proxy's llm_pricing (default: the shipped pricing.toml)")
     add_database_flags(p)
     p.set_defaults(handler=reprice)
+    p = actions.add_parser("prune", help="delete rows older than a span (old monthly partitions dropped whole)")
+    p.add_argument("--older-than", required=True, metavar="SPAN",
+                   help="rows older than a span (90d, 12w, 24h) or than a date like 2026-08-01")
+    p.add_argument("--bodies-only", action="store_true",
+                   help="keep the rows, drop only their request and response bodies")
+    add_database_flags(p)
+    p.set_defaults(handler=prune)
+    p = actions.add_parser("migrate", help="convert a table of an older version to monthly partitions")
+    add_database_flags(p)
+    p.set_defaults(handler=migrate)

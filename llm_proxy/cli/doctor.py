@@ -18,6 +18,7 @@ from ..paths import DEFAULT_PRICING, DEFAULT_PROVIDERS
 from ..record import COLUMNS
 from ..storage.dsn import DatabaseURLError
 from ..storage.journal import Journal, JournalLocked, journal_dir
+from ..storage.postgres import PostgresSink
 from .db import add_database_flags, database, make_sink
 
 
@@ -76,6 +77,7 @@ def check_database(args: argparse.Namespace, report: Report) -> None:
     try:
         sink.connect()
         columns = _columns(sink, db.kind, table)
+        unpartitioned = isinstance(sink, PostgresSink) and not sink.partitioned
     except (psycopg.Error, sqlite3.Error, OSError) as e:
         report.problem(f"cannot use {db.describe()}: {e}".strip())
         return
@@ -86,6 +88,9 @@ def check_database(args: argparse.Namespace, report: Report) -> None:
         report.problem(f"table {table} lacks columns {missing}: it predates schema.sql; migrate or pick another llm_table")
     else:
         report.ok(f"{db.describe()}: table {table} reachable, schema complete")
+        if unpartitioned:
+            report.note(f"table {table} is not partitioned by month (made by an older version): it works, but "
+                        "prune deletes row by row; `llm-proxy db migrate` converts it")
 
 
 def _columns(sink: object, kind: str, table: str) -> set[str]:

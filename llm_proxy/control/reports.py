@@ -280,7 +280,8 @@ class Reports:
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         mark = "%(rid)s" if self.postgres else ":rid"
-        rows = self._fetch(f"SELECT id, {', '.join(COLUMNS)} FROM {self.table} WHERE request_id = {mark}",
+        # The view: large bodies are stored as parts by hash and read back there as they arrived.
+        rows = self._fetch(f"SELECT id, {', '.join(COLUMNS)} FROM {self.table}_full WHERE request_id = {mark}",
                            {"rid": request_id})
         return self._row(rows[0]) if rows else None
 
@@ -338,7 +339,7 @@ def _iso(moment: datetime) -> str:
 
 def drop_calls_table(conn: psycopg.Connection, table: str) -> None:
     """Drop a calls table with what the control plane keeps beside it (tests and benchmarks)."""
-    conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly CASCADE")
+    conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly, {table}_bodies CASCADE")
     conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync(), {table}_hourly_truncate() CASCADE")
 
 

@@ -91,6 +91,14 @@ class RowStore:
         except Exception as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise RowsUnreadable(f"cannot read table {table} of {db.describe()}: {reason}") from e
+        # Large response bodies are stored as parts: the view reads them back whole (tables made
+        # by an older version have no view, and whole bodies).
+        self._source = table
+        try:
+            self._conn.execute(f"SELECT 1 FROM {table}_full LIMIT 1").fetchall()
+            self._source = f"{table}_full"
+        except Exception:
+            self._conn.rollback()
 
     def close(self) -> None:
         self._conn.close()
@@ -120,7 +128,7 @@ class RowStore:
         while True:
             args = [*params, last] + ([model, model] if model is not None else []) + [size]
             rows = self._conn.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM {self.table} WHERE {where} ORDER BY id LIMIT {m}", args
+                f"SELECT {', '.join(_COLUMNS)} FROM {self._source} WHERE {where} ORDER BY id LIMIT {m}", args
             ).fetchall()
             if self.db.kind == "postgresql":
                 self._conn.rollback()  # no transaction held open between batches

@@ -4,6 +4,11 @@ COPY is the fastest way in. A batch that may repeat rows (a journal replay,
 or a retry after a lost commit) is copied into a temporary staging table and
 inserted with ON CONFLICT DO NOTHING instead, so no row is ever stored twice.
 
+Large bodies are stored as parts by hash (bodies.py): the parts the writer has not
+sent today are copied into a staging table and inserted ON CONFLICT, in the same
+transaction as the rows that reference them, so a row never points at a part
+that is not there. The monthly partitions are made ahead here too (partitions.py).
+
 Nothing here may wait forever: a database that accepts TCP and never answers
 would stall the writer thread while rows pile up. Connecting is bounded by
 `connect_timeout`; statements by the server's statement_timeout and
@@ -20,8 +25,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,11 +35,17 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..record import COLUMNS
-from .schema import schema_for
+from .bodies import KnownParts, PartCache, Prepared, prepare
+from .errors import summarize
+from .partitions import ensure_ahead, month_start, partitioned
+from .schema import bodies_table, schema_for
 
 logger = logging.getLogger(__name__)
 
 _SCHEMA_LOCK = 0x6C6C6D70  # "llmp": serialises concurrent start-ups applying the DDL
+PARTITION_LOCK_TIMEOUT = 2.0  # seconds making a partition may wait for the parent table's lock
+PARTITION_RETRY = 600  # seconds before trying again after that failed
+BODY_INDEXES = (COLUMNS.index("request_body"), COLUMNS.index("response_body"))
 
 
 def _copy_field(value: Any) -> str:
@@ -77,8 +89,21 @@ class PostgresSink:
         self._direct_sql = f"COPY {table} ({columns}) FROM STDIN"
         self._insert_sql = (
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {self._stage} "
-            "ON CONFLICT (request_id) DO NOTHING"
+            "ON CONFLICT DO NOTHING"  # (request_id, ts) on a partitioned table, request_id on an older one
         )
+        self._bodies = bodies_table(table)
+        self._parts_stage = f"{self._bodies}_stage"
+        self._parts_copy_sql = f"COPY {self._parts_stage} (hash, data, seen) FROM STDIN"
+        # Sorted by hash: concurrent proxies lock the same parts in one order, never deadlocking.
+        self._parts_insert_sql = (
+            f"INSERT INTO {self._bodies} AS b (hash, data, seen) SELECT hash, data, seen FROM {self._parts_stage} "
+            "ORDER BY hash ON CONFLICT (hash) DO UPDATE SET seen = EXCLUDED.seen WHERE b.seen < EXCLUDED.seen"
+        )
+        self.parts = PartCache()
+        self.known = KnownParts()  # turns seen lately: recognised again without a parse
+        self.partitioned = False
+        self._month: datetime | None = None  # the month whose partitions were last made ahead
+        self._ahead_retry = 0.0  # monotonic time before which making them is not tried again
 
     def connect(self) -> None:
         """Open the connection, apply schema.sql, prepare the staging table."""
@@ -98,11 +123,56 @@ class PostgresSink:
                     f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} ON COMMIT DELETE ROWS AS "
                     f"SELECT {', '.join(COLUMNS)} FROM {self.table} WITH NO DATA"
                 )
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {self._parts_stage} "
+                             "(hash bytea, data text, seen date) ON COMMIT DELETE ROWS")
                 conn.commit()
+                self.partitioned = partitioned(conn, self.table)
+                conn.commit()
+                if not self.partitioned:
+                    logger.info("llm-proxy: table %s is not partitioned (made by an older version); it works as "
+                                "it is, `llm-proxy db migrate` converts it", self.table)
+                self._month = None
+                self._ahead(conn)
         except BaseException:
             conn.close()
             raise
+        self.parts.clear()  # what this connection's database holds is not known: send every part once
         self._conn = conn
+
+    def _ahead(self, conn: psycopg.Connection) -> None:
+        """Make this month's and next month's partitions, once per month.
+
+        Creating a partition locks the parent table: with a short lock timeout, so that a long
+        report never holds the writer (and every writer queued behind it) up. A failure only
+        logs and tries again later: until then rows go to the default partition, which takes
+        any row."""
+        if not self.partitioned:
+            return
+        now = datetime.now(UTC)
+        month = month_start(now)
+        if month == self._month or time.monotonic() < self._ahead_retry:
+            return
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                conn.execute(f"SET LOCAL lock_timeout = {int(PARTITION_LOCK_TIMEOUT * 1000)}")
+                made = ensure_ahead(conn, self.table, now)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if not isinstance(e, psycopg.errors.LockNotAvailable):
+                raise  # the connection is in trouble: the writer's own handling
+            self._ahead_failed(e)
+            return
+        except psycopg.Error as e:
+            self._ahead_failed(e)
+            return
+        if made:
+            logger.info("llm-proxy made the partitions %s of %s", ", ".join(made), self.table)
+        self._month = month
+
+    def _ahead_failed(self, error: Exception) -> None:
+        self._ahead_retry = time.monotonic() + PARTITION_RETRY
+        logger.warning("llm-proxy could not make next month's partition of %s yet (%s); rows go to its default "
+                       "partition meanwhile, trying again in %ds", self.table, summarize(error), PARTITION_RETRY)
 
     @contextlib.contextmanager
     def _deadline(self, conn: psycopg.Connection) -> Iterator[None]:
@@ -147,27 +217,47 @@ class PostgresSink:
         if self._conn is None:
             self.connect()
         assert self._conn is not None
-        data = copy_text(rows)
+        today = datetime.now(UTC).date()
+        batch = prepare(rows, BODY_INDEXES, self.parts, today, self.known)
+        data = copy_text(batch.rows)
         try:
             with self._deadline(self._conn):
-                self._copy(data, replay)
+                self._ahead(self._conn)
+                self._copy(data, self._parts_text(batch, today), replay)
         except BaseException:
             self.close()
             raise
+        self.parts.stored(batch.parts, today)  # committed: tomorrow they are sent once more
 
-    def _copy(self, data: bytes, replay: bool) -> None:
+    @staticmethod
+    def _parts_text(batch: Prepared, today: date) -> bytes | None:
+        if not batch.parts:
+            return None
+        return copy_text([("\\x" + digest.hex(), data, today) for digest, data in batch.parts.items()])
+
+    def _copy(self, data: bytes, parts: bytes | None, replay: bool) -> None:
         assert self._conn is not None
         if not replay:
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur, cur.copy(self._direct_sql) as copy:
-                    copy.write(data)
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    self._copy_parts(cur, parts)
+                    with cur.copy(self._direct_sql) as copy:
+                        copy.write(data)
                 return
             except psycopg.errors.UniqueViolation:
                 pass  # some rows are there already: the idempotent path below
         with self._conn.transaction(), self._conn.cursor() as cur:
+            self._copy_parts(cur, parts)
             with cur.copy(self._copy_sql) as copy:
                 copy.write(data)
             cur.execute(self._insert_sql)
+
+    def _copy_parts(self, cur: psycopg.Cursor[Any], parts: bytes | None) -> None:
+        if parts is None:
+            return
+        with cur.copy(self._parts_copy_sql) as copy:
+            copy.write(parts)
+        cur.execute(self._parts_insert_sql)
 
     def spend_since(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
         """Sum of cost_usd per key since each key's window start."""

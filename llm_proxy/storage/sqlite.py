@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ..record import COLUMNS
-from .schema import sqlite_schema
+from .bodies import KnownParts, PartCache, prepare
+from .schema import bodies_table, sqlite_schema
+
+BODY_INDEXES = (COLUMNS.index("request_body"), COLUMNS.index("response_body"))
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -28,6 +31,12 @@ class SqliteSink:
         self._conn: sqlite3.Connection | None = None
         marks = ", ".join("?" for _ in COLUMNS)
         self._insert_sql = f"INSERT OR IGNORE INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks})"
+        self._parts_sql = (
+            f"INSERT INTO {bodies_table(table)} AS b (hash, data, seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET seen = excluded.seen WHERE b.seen < excluded.seen"
+        )
+        self.parts = PartCache()
+        self.known = KnownParts()  # turns seen lately: recognised again without a parse
 
     def connect(self) -> None:
         self.close()
@@ -36,6 +45,7 @@ class SqliteSink:
         conn.execute("PRAGMA journal_mode=WAL")  # readers (sqlite3 CLI, dashboards) do not block writes
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(sqlite_schema(self.table))
+        self.parts.clear()
         self._conn = conn
 
     @property
@@ -43,18 +53,25 @@ class SqliteSink:
         return self._conn is not None
 
     def write(self, rows: Sequence[Sequence[Any]], *, replay: bool = False) -> None:
-        """One transaction; INSERT OR IGNORE makes every write idempotent, replay or not."""
+        """One transaction, parts of large bodies first; INSERT OR IGNORE makes every write
+        idempotent, replay or not."""
         if self._conn is None:
             self.connect()
         assert self._conn is not None
         conn = self._conn
+        today = datetime.now(UTC).date()
+        batch = prepare(rows, BODY_INDEXES, self.parts, today, self.known)
         conn.execute("BEGIN")
         try:
-            conn.executemany(self._insert_sql, ([_sqlite_value(v) for v in row] for row in rows))
+            if batch.parts:
+                day = today.isoformat()
+                conn.executemany(self._parts_sql, ((h.hex(), data, day) for h, data in sorted(batch.parts.items())))
+            conn.executemany(self._insert_sql, ([_sqlite_value(v) for v in row] for row in batch.rows))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.parts.stored(batch.parts, today)
 
     def spend_since(self, windows: Mapping[str, datetime]) -> dict[str, Decimal]:
         """Sum of cost_usd per key since each key's window start (exact: summed as Decimal)."""

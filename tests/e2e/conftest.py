@@ -91,7 +91,8 @@ class Rows:
 
     def fetch(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with psycopg.connect(self.url, row_factory=dict_row) as conn:
-            return conn.execute(f"SELECT * FROM {self.table} WHERE {where} ORDER BY id", params).fetchall()
+            # The view: large bodies are kept as parts by hash, and read back whole there.
+            return conn.execute(f"SELECT * FROM {self.table}_full WHERE {where} ORDER BY id", params).fetchall()
 
     def wait(self, key: str, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
         """The rows of calls made with passthrough API key `key`, once there are `count` of them."""

@@ -38,4 +38,4 @@ def test_copy_round_trips_awkward_values_and_ignores_duplicates(pg_url: str) -> 
     finally:
         sink.close()
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_bodies CASCADE")

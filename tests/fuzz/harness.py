@@ -198,7 +198,7 @@ class InProcess:
                     os.environ[name] = value
             if self.database == "postgresql":
                 with psycopg.connect(PG_URL, autocommit=True) as conn:
-                    conn.execute(f"DROP TABLE IF EXISTS {self.table}")
+                    conn.execute(f"DROP TABLE IF EXISTS {self.table}, {self.table}_bodies CASCADE")
                     conn.execute(f"DROP TABLE IF EXISTS {self.table}_stage")
 
     # --- one case --------------------------------------------------------------------
@@ -282,13 +282,14 @@ class InProcess:
         return self.fetch(request_id)
 
     def fetch(self, request_id: str) -> list[dict[str, Any]]:
+        """The row through the view: large bodies are kept as parts by hash, and checked whole."""
         if self.database == "sqlite":
             with contextlib.closing(sqlite3.connect(self.tmp / "rows.db", timeout=10)) as conn:
                 conn.row_factory = sqlite3.Row
-                return [dict(r) for r in conn.execute(f"SELECT * FROM {self.table} WHERE request_id = ?",
+                return [dict(r) for r in conn.execute(f"SELECT * FROM {self.table}_full WHERE request_id = ?",
                                                       (request_id,))]
         with psycopg.connect(PG_URL) as conn:
-            cur = conn.execute(f"SELECT * FROM {self.table} WHERE request_id = %s", (request_id,))
+            cur = conn.execute(f"SELECT * FROM {self.table}_full WHERE request_id = %s", (request_id,))
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 

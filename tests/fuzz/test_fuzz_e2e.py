@@ -45,7 +45,7 @@ class Live:
 
     def rows(self, key: str) -> list[dict[str, Any]]:
         with psycopg.connect(PG_URL, row_factory=dict_row) as conn:
-            return conn.execute(f"SELECT * FROM {self.table} WHERE key_id = %s", (fingerprint(key),)).fetchall()
+            return conn.execute(f"SELECT * FROM {self.table}_full WHERE key_id = %s", (fingerprint(key),)).fetchall()
 
     def health(self) -> dict[str, Any]:
         return httpx.get(f"{self.proxy.url}/_llm/health", timeout=10).json()

@@ -100,7 +100,7 @@ def db(request, tmp_path):
     sink.close()
     if request.param == "postgresql":
         with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_bodies CASCADE")
 
 
 def costs(url: str, table: str) -> dict[str, Decimal | None]:

@@ -188,7 +188,7 @@ def pg_table() -> Iterator[str]:
     name = "llmp_trust_" + secrets.token_hex(4)
     yield name
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"DROP TABLE IF EXISTS {name}, {name}_bodies CASCADE")
 
 
 def pg_rows(table: str) -> dict[str, dict]:
