@@ -121,6 +121,15 @@ class ChatStream(StreamParser):
                     self._fold_choice(choice)
         return not (self.strip_usage_chunk and usage and choices == [])
 
+    def drops(self, name: str | None, data: str) -> bool:
+        """Whether `on_event` would hide this event from the client, without its side effects
+        (the lazy meter asks before the stream's events are parsed at its end)."""
+        if not self.strip_usage_chunk or data.startswith("[DONE]"):
+            return False
+        chunk = loads(data)
+        return (isinstance(chunk, dict) and not chunk.get("error") and bool(chunk.get("usage"))
+                and chunk.get("choices") == [])
+
     def _fold_choice(self, choice: dict[str, Any]) -> None:
         index = event_index(choice, 0)
         slot = self._choices.setdefault(index, {"index": index, "message": {}, "finish_reason": None})
