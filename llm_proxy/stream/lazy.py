@@ -88,6 +88,29 @@ def frame(buf: bytes, *, final: bool) -> list[Event]:
     return events
 
 
+def data_events(buf: bytes, *, final: bool) -> list[tuple[str | None, str]]:
+    """(name, data) of the events of `frame(buf, final=final)` that carry data, and only those
+    (what the meter hands its parser), without cutting out each event's raw bytes."""
+    pieces = buf.split(b"\n\n")
+    tail = pieces.pop()  # after the last blank line: unfinished
+    if final and tail:
+        pieces.append(tail.rstrip(b"\n"))
+    out: list[tuple[str | None, str]] = []
+    for piece in pieces:
+        if piece[:1] == b"\n":
+            piece = piece.lstrip(b"\n")  # blank lines before it: events without data
+        if piece.startswith(b"data: ") and b"\n" not in piece:
+            if len(piece) > 6:
+                out.append((None, piece[6:].decode("utf-8", "replace")))
+            continue
+        if not piece:
+            continue
+        event = _event(piece, piece)
+        if event.data:
+            out.append((event.name, event.data))
+    return out
+
+
 class LazyMeter(StreamMeter):
     """A `StreamMeter` for SSE that parses the events once, when the stream ends."""
 
@@ -158,18 +181,17 @@ class LazyMeter(StreamMeter):
         data = b"".join(self._chunks)
         self._chunks, self._pending = [], []
         try:
-            events = frame(data, final=final)
+            events = data_events(data, final=final)
         except Exception as e:  # never let a framing bug cost the client anything
             logger.exception("stream meter failed; usage not metered")
             self.meter_error = f"meter error: {e!r}"
             return
         on_event = self.parser.on_event
-        for event in events:
-            if event.data:
-                try:
-                    on_event(event.name, event.data)
-                except Exception:
-                    logger.exception("stream parser failed on one event; event passed on")
+        for name, text in events:
+            try:
+                on_event(name, text)
+            except Exception:
+                logger.exception("stream parser failed on one event; event passed on")
 
     def _go_eager(self, data: bytes) -> bytes | list[bytes]:
         """Hand the stream to the eager meter: it sees the kept chunks first, then this one."""

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from llm_proxy import apis
 from llm_proxy.calls import request_json
 from llm_proxy.stream.framing import SSEDecoder
-from llm_proxy.stream.lazy import LazyMeter, frame
+from llm_proxy.stream.lazy import LazyMeter, data_events, frame
 from llm_proxy.stream.meter import StreamMeter
 from llm_proxy.usage import stream_parser
 from llm_proxy.usage.base import loads, std_loads
@@ -82,6 +82,7 @@ def test_frame_is_the_sse_decoder_on_cr_free_text(data: bytes, final: bool) -> N
     decoder = SSEDecoder()
     expected = decoder.feed(data) + (decoder.flush() if final else [])
     assert frame(data, final=final) == expected
+    assert data_events(data, final=final) == [(e.name, e.data) for e in expected if e.data]
 
 
 _API = {"openai-chat": apis.OPENAI_CHAT, "openai-completions": apis.OPENAI_COMPLETIONS,
