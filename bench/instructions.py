@@ -165,7 +165,14 @@ def main() -> None:
                         help=f"comma-separated workloads out of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL for the writer (default %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
+    parser.add_argument("--bare-from", metavar="PATH",
+                        help="take bare mitmdump's counts from an earlier run's --json instead of counting them "
+                             "again (bare mitmdump runs none of our code: before/after comparisons)")
+    parser.add_argument("--parts", help="comma-separated stages to count (hooks, loaded, request, response, all); "
+                                        "default: every stage of each workload")
     args = parser.parse_args()
+    earlier = json.loads(Path(args.bare_from).read_text())["counts"] if args.bare_from else {}
+    parts = set(args.parts.split(",")) if args.parts else None
     try:
         workloads = parse_workloads(args.workload)
     except ValueError as e:
@@ -196,6 +203,12 @@ def main() -> None:
             print(f"{workload}: {n} calls per stage", flush=True)
             counts: list[tuple[str, str | None, float]] = []
             for label, part in (STAGES if workload == "small" else SHORT_STAGES):
+                if part is None and workload in earlier:
+                    counts.append((label, part, earlier[workload][0][2]))
+                    print(f"  {label}: {earlier[workload][0][2] / 1e6:.3f} M (from {args.bare_from})")
+                    continue
+                if part is not None and parts is not None and part not in parts:
+                    continue
                 print(f"  {label} ...", end="", flush=True)
                 extra = ("--set", "stream_large_bodies=1") if workload == "stream" and part is None else ()
                 per_request = stage.count(part, requests, n, extra) / n
@@ -237,13 +250,33 @@ def summary(results: dict[str, list[tuple[str, str | None, float]]], sizes: dict
     """bare / addon per workload, and the per-chunk and per-KB costs derived from the stages."""
 
     def stage(workload: str, part: str | None) -> float:
-        return next(v for _, p, v in results[workload] if p == part)
+        found = [v for _, p, v in results[workload] if p == part]
+        if not found:
+            raise LookupError(part)
+        return found[0]
 
     lines = ["\n### Summary: instructions per request (M), bare mitmdump vs the addon as shipped\n",
              "| workload | bare | addon | bare / addon |", "|---|---:|---:|---:|"]
     for workload, counts in results.items():
         bare, addon = counts[0][2], counts[-1][2]
         lines.append(f"| {workload} | {bare / 1e6:.3f} | {addon / 1e6:.3f} | {bare / addon:.2f} |")
+    try:
+        lines += derived(results, sizes, stage)
+    except LookupError:
+        pass  # a stage it needs was not counted (--parts)
+    command = "`.venv/bin/python -m bench.instructions"
+    if args.workload != ",".join(WORKLOADS):
+        command += f" --workload {args.workload}"
+    if args.requests != 300:
+        command += f" --requests {args.requests}"
+    lines.append(f"\nCommand: {command}`")
+    return "\n".join(lines)
+
+
+def derived(results: dict[str, list[tuple[str, str | None, float]]], sizes: dict[str, float],
+            stage: Any) -> list[str]:
+    """The stream meter's cost per chunk and the request side's and writer's per KB."""
+    lines: list[str] = []
     if "small" in results and "stream" in results:
         # The meter runs from the responseheaders hook: its cost is in every stage from `request` on.
         meter = (stage("stream", "response") - stage("stream", None)) - (stage("small", "response")
@@ -260,13 +293,7 @@ def summary(results: dict[str, list[tuple[str, str | None, float]]], sizes: dict
         lines.append(f"\nRequest side: {(request_agent - request_small) / kb:,.0f} instructions per KB of request "
                      f"body (the request hook; agent bodies average {sizes['agent'] / 1024:.0f} KB); writer: "
                      f"{(writer_agent - writer_small) / kb:,.0f} per KB of body stored.")
-    command = "`.venv/bin/python -m bench.instructions"
-    if args.workload != ",".join(WORKLOADS):
-        command += f" --workload {args.workload}"
-    if args.requests != 300:
-        command += f" --requests {args.requests}"
-    lines.append(f"\nCommand: {command}`")
-    return "\n".join(lines)
+    return lines
 
 
 def _drop(pg: str, table: str) -> None:
