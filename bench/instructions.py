@@ -68,7 +68,8 @@ class Stage:
         self.tmp, self.upstream, self.pg, self.table = tmp, upstream, pg, table
         self.keys, self.providers = keys, providers
 
-    def count(self, part: str | None, requests: list[bytes], n: int, extra: tuple[str, ...] = ()) -> int:
+    def count(self, part: str | None, requests: list[bytes], n: int, extra: tuple[str, ...] = (),
+              warmup: int = _WARMUP) -> int:
         """Instructions of `n` calls (cycling through `requests`) through a mitmdump running
         this part, under callgrind."""
         name = f"{part or 'bare'}-{secrets.token_hex(3)}"
@@ -90,7 +91,7 @@ class Stage:
                 proxy.wait_for_log("llm-proxy writing rows to", timeout=300)
             with socket.create_connection(("127.0.0.1", int(proxy.group)), timeout=120) as conn:
                 reader = conn.makefile("rb")
-                for i in range(_WARMUP):
+                for i in range(warmup):
                     _call(conn, reader, requests[i % len(requests)])
                 _toggle(proxy, "on")
                 for i in range(n):
@@ -165,6 +166,8 @@ def main() -> None:
                         help=f"comma-separated workloads out of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL for the writer (default %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
+    parser.add_argument("--warmup", type=int, default=_WARMUP,
+                        help=f"calls before counting starts, per stage (default {_WARMUP})")
     parser.add_argument("--bare-from", metavar="PATH",
                         help="take bare mitmdump's counts from an earlier run's --json instead of counting them "
                              "again (bare mitmdump runs none of our code: before/after comparisons)")
@@ -211,7 +214,7 @@ def main() -> None:
                     continue
                 print(f"  {label} ...", end="", flush=True)
                 extra = ("--set", "stream_large_bodies=1") if workload == "stream" and part is None else ()
-                per_request = stage.count(part, requests, n, extra) / n
+                per_request = stage.count(part, requests, n, extra, args.warmup) / n
                 counts.append((label, part, per_request))
                 print(f" {per_request / 1e6:.3f} M instructions per request", flush=True)
             results[workload] = counts

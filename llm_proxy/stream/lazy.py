@@ -28,6 +28,7 @@ import logging
 import time
 
 from ..usage import StreamParser
+from ..usage.base import loads_unguarded, no_long_numbers
 from .framing import Event, SSEDecoder
 from .meter import StreamMeter, decoder_for
 
@@ -186,6 +187,8 @@ class LazyMeter(StreamMeter):
             logger.exception("stream meter failed; usage not metered")
             self.meter_error = f"meter error: {e!r}"
             return
+        if no_long_numbers(data):
+            self.parser.loads = loads_unguarded  # type: ignore[method-assign]
         on_event = self.parser.on_event
         for name, text in events:
             try:

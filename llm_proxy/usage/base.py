@@ -44,6 +44,20 @@ def loads(data: str | bytes | None) -> Any:
     return std_loads(data)
 
 
+def loads_unguarded(data: str | bytes) -> Any:
+    """`loads` for text already known to hold no number of 19 digits or more (`no_long_numbers`):
+    orjson, and json only for what orjson refuses."""
+    try:
+        return orjson.loads(data)
+    except (ValueError, TypeError):
+        return std_loads(data)
+
+
+def no_long_numbers(raw: bytes) -> bool:
+    """No run of 19 digits in `raw`: orjson reads every number in it as json does."""
+    return _LONG_NUMBER not in raw.translate(_DIGITS)
+
+
 def std_loads(data: str | bytes | None) -> Any:
     """`loads` with the standard library only (the reference the fast path must agree with)."""
     if not data:
@@ -88,6 +102,10 @@ class StreamParser:
         self._events: list[Any] = []
         self._kept_bytes = 0
         self._dropped_events = 0
+
+    # How on_event parses an event: `loads`; the lazy meter swaps in `loads_unguarded` when the
+    # whole stream holds no long number (one check of the stream instead of one per event).
+    loads = staticmethod(loads)
 
     def on_event(self, name: str | None, data: str) -> bool:
         raise NotImplementedError

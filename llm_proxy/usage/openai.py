@@ -94,12 +94,13 @@ class ChatStream(StreamParser):
         self._head: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._usage_obj: Any = None
+        self._model_seen: str | None = None
 
     def on_event(self, name: str | None, data: str) -> bool:
         if data.startswith("[DONE]"):
             self.complete = True
             return True
-        chunk = loads(data)
+        chunk = self.loads(data)
         if not isinstance(chunk, dict):
             return True
         if chunk.get("error"):
@@ -107,8 +108,10 @@ class ChatStream(StreamParser):
             return True
         if not self._head:
             self._head = {k: chunk[k] for k in ("id", "created", "system_fingerprint") if k in chunk}
-        if isinstance(chunk.get("model"), str):
-            self.response_model = text(chunk["model"])
+        model = chunk.get("model")
+        if isinstance(model, str) and model != self._model_seen:  # the same name on every chunk: once
+            self._model_seen = model
+            self.response_model = text(model)
         usage = chunk.get("usage")
         if isinstance(usage, dict) and usage:
             self._usage_obj = usage
@@ -132,7 +135,9 @@ class ChatStream(StreamParser):
 
     def _fold_choice(self, choice: dict[str, Any]) -> None:
         index = event_index(choice, 0)
-        slot = self._choices.setdefault(index, {"index": index, "message": {}, "finish_reason": None})
+        slot = self._choices.get(index)
+        if slot is None:
+            slot = self._choices[index] = {"index": index, "message": {}, "finish_reason": None}
         if self.legacy:
             slot["message"].setdefault("text", "")
             append_text(slot["message"], "text", choice.get("text"))
@@ -172,7 +177,7 @@ class ResponsesStream(StreamParser):
         self._final: Any = None
 
     def on_event(self, name: str | None, data: str) -> bool:
-        obj = loads(data)
+        obj = self.loads(data)
         if not isinstance(obj, dict):
             return True
         kind = obj.get("type") or name
