@@ -18,8 +18,9 @@ spell it), and only those events are parsed.
 Anything the fast path does not cover exactly switches to the eager meter for
 the rest of the stream, after replaying the chunks kept so far through it: a
 CR anywhere (SSE allows CR and CRLF line ends), an unfinished event of half
-the decoder's bound, more than `LAZY_MAX_BYTES` kept. The eager meter then
-behaves as if it had seen every chunk itself.
+the decoder's bound. The eager meter then behaves as if it had seen every
+chunk itself. A long stream is parsed in batches of `PARSE_BATCH_BYTES` as it
+goes, so memory stays bounded and no batch holds the loop long.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import logging
 import time
 
 from ..usage import StreamParser
-from ..usage.base import loads_unguarded, no_long_numbers
+from ..usage.base import loads, loads_unguarded, no_long_numbers
 from .framing import Event, SSEDecoder
 from .meter import StreamMeter, decoder_for
 
 logger = logging.getLogger(__name__)
 
-LAZY_MAX_BYTES = 8 * 1024 * 1024  # kept beyond this, the stream is metered eagerly (bounded memory)
+# Finished events kept beyond this are parsed there and then (memory stays bounded, and no call
+# ends with a long parse on the loop: about 5 ms per batch).
+PARSE_BATCH_BYTES = 256 * 1024
 _MARKERS = (b'"usage"', b"\\u00")
 
 
@@ -125,6 +128,7 @@ class LazyMeter(StreamMeter):
         self._tail = 0  # their length
         self._at_line_start = True  # the kept bytes end with a newline (or there are none)
         self._replayed = False
+        self.batch_bytes = PARSE_BATCH_BYTES
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         if not self.lazy:
@@ -133,8 +137,7 @@ class LazyMeter(StreamMeter):
             return self._end()
         if self.first_byte_at is None:
             self.first_byte_at = time.time()
-        if b"\r" in data or self._kept + len(data) > LAZY_MAX_BYTES \
-                or self._tail + len(data) > self.decoder.max_event_bytes // 2:
+        if b"\r" in data or self._tail + len(data) > self.decoder.max_event_bytes // 2:
             return self._go_eager(data)
         last = data.rfind(b"\n\n")
         end = last + 2 if last >= 0 else (1 if data[:1] == b"\n" and self._at_line_start else 0)
@@ -151,7 +154,17 @@ class LazyMeter(StreamMeter):
         rest = data[end:]
         self._pending = [rest] if rest else []
         self._tail = len(rest)
-        return self._pass(finished, final=False) if self.strip else data
+        out = self._pass(finished, final=False) if self.strip else data
+        if self._kept - self._tail > self.batch_bytes:
+            self._parse_finished()
+        return out
+
+    def _parse_finished(self) -> None:
+        """Parse the finished events kept so far; keep only the unfinished one's bytes."""
+        kept = b"".join(self._chunks)
+        self._chunks = list(self._pending)
+        self._kept = self._tail
+        self._parse(kept[:len(kept) - self._tail], final=False)
 
     def _pass(self, region: bytes, *, final: bool) -> list[bytes]:
         """Strip mode: the finished events of `region`, less those the parser drops."""
@@ -181,20 +194,29 @@ class LazyMeter(StreamMeter):
         self._replayed = True
         data = b"".join(self._chunks)
         self._chunks, self._pending = [], []
+        self._parse(data, final=final)
+
+    def _parse(self, data: bytes, *, final: bool) -> None:
+        """Hand the events of `data` (which starts at an event's start) to the parser."""
+        if self.meter_error is not None:
+            return
         try:
             events = data_events(data, final=final)
         except Exception as e:  # never let a framing bug cost the client anything
             logger.exception("stream meter failed; usage not metered")
             self.meter_error = f"meter error: {e!r}"
             return
-        if no_long_numbers(data):
-            self.parser.loads = loads_unguarded  # type: ignore[method-assign]
+        # one check of the whole batch instead of one per event
+        self.parser.loads = loads_unguarded if no_long_numbers(data) else loads  # type: ignore[method-assign]
         on_event = self.parser.on_event
-        for name, text in events:
-            try:
-                on_event(name, text)
-            except Exception:
-                logger.exception("stream parser failed on one event; event passed on")
+        try:
+            for name, text in events:
+                try:
+                    on_event(name, text)
+                except Exception:
+                    logger.exception("stream parser failed on one event; event passed on")
+        finally:
+            self.parser.loads = loads  # type: ignore[method-assign]  # the eager meter may go on
 
     def _go_eager(self, data: bytes) -> bytes | list[bytes]:
         """Hand the stream to the eager meter: it sees the kept chunks first, then this one."""

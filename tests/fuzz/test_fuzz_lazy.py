@@ -101,9 +101,9 @@ def _outputs(meter: StreamMeter, pieces: list[bytes], end: bool) -> list[bytes]:
 
 @given(st.sampled_from(sorted(_API)).flatmap(lambda shape: st.tuples(st.just(shape), answer(shape))),
        st.lists(st.integers(0, 1 << 16), max_size=12), st.booleans(), st.booleans(), st.booleans(),
-       st.sampled_from([64, 1 << 20]))
+       st.sampled_from([64, 1 << 20]), st.sampled_from([0, 100, 1 << 18]))
 def test_lazy_meter_is_the_eager_meter(shaped: tuple[str, Any], offsets: list[int], strip: bool, end: bool,
-                                       crlf: bool, max_event: int) -> None:
+                                       crlf: bool, max_event: int, batch: int) -> None:
     shape, reply = shaped
     api = _API[shape]
     data = b"".join(reply.events)
@@ -114,6 +114,7 @@ def test_lazy_meter_is_the_eager_meter(shaped: tuple[str, Any], offsets: list[in
     strip = strip and api in (apis.OPENAI_CHAT, apis.OPENAI_COMPLETIONS)
     eager = StreamMeter(stream_parser(api, strip_usage_chunk=strip), SSEDecoder(max_event), strip=strip)
     lazy = LazyMeter(stream_parser(api, strip_usage_chunk=strip), SSEDecoder(max_event), strip=strip)
+    lazy.batch_bytes = batch  # finished events parsed in batches as the stream goes
     assert _outputs(lazy, pieces, end) == _outputs(eager, pieces, end)
     for attr in ("usage", "response_model", "error", "complete"):
         assert getattr(lazy.parser, attr) == getattr(eager.parser, attr), attr
@@ -132,6 +133,7 @@ def test_lazy_meter_strips_the_injected_usage_chunk_as_the_eager_one(offsets: li
     pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
     eager = StreamMeter(stream_parser(apis.OPENAI_CHAT, strip_usage_chunk=True), SSEDecoder(), strip=True)
     lazy = LazyMeter(stream_parser(apis.OPENAI_CHAT, strip_usage_chunk=True), SSEDecoder(), strip=True)
+    lazy.batch_bytes = 300
     out = _outputs(lazy, pieces, end)
     assert out == _outputs(eager, pieces, end)
     if end:
