@@ -141,8 +141,15 @@ class ChatStream(StreamParser):
         if self.legacy:
             slot["message"].setdefault("text", "")
             append_text(slot["message"], "text", choice.get("text"))
-        elif isinstance(choice.get("delta"), dict):
-            _append_delta(slot["message"], choice["delta"])
+        else:
+            delta = choice.get("delta")
+            if type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str:
+                # nearly every chunk: one piece of text (what _append_delta does with it, inline)
+                message = slot["message"]
+                previous = message.get("content")
+                message["content"] = (previous if isinstance(previous, str) else "") + delta["content"]
+            elif isinstance(delta, dict):
+                _append_delta(slot["message"], delta)
         if choice.get("finish_reason"):
             slot["finish_reason"] = choice["finish_reason"]
 
