@@ -7,14 +7,33 @@ Usage (from the repo root, PostgreSQL reachable, nothing else needed)::
     .venv/bin/python -m bench.run --duration 30 --rounds 5 --connections 16 --json results.json
     .venv/bin/python -m bench.run --profile        # also py-spy the addon under load (needs py-spy;
                                                    # the profiled run's numbers are distorted, see below)
+    .venv/bin/python -m bench.run --workload stream,agent --litellm /path/to/litellm
 
 Options: ``--duration S`` seconds measured per target and load (default 10;
 ``--quick``: 3), ``--rounds R`` (default 3; ``--quick``: 1), ``--connections
 N`` (non-streamed load, default 8), ``--stream-connections N`` (default 4),
 ``--rows N`` (writer benchmark, default 100,000), ``--pg URL`` (default
 ``$LLM_PROXY_TEST_PG`` or ``postgresql://postgres@127.0.0.1:5432/test``),
-``--json PATH`` (write every number), ``--profile [DIR]``. Exit status: 0 when
-every target passes and no request failed, 1 otherwise, 2 if the run broke.
+``--json PATH`` (write every number), ``--profile [DIR]``, ``--workload
+LIST`` (default ``small,stream,agent``), ``--warmup S`` (default 1),
+``--litellm PATH``. Exit status: 0 when every target passes and no request
+failed, 1 otherwise, 2 if the run broke.
+
+Workloads (issue 13; bodies and scenarios in ``bench/workloads.py``):
+``small`` is the three loads described below (``json``, ``single``,
+``stream``); ``stream`` adds the load ``sse300``: SSE answers of 300 chunks
+sent back to back, ``--connections`` connections, against the bare mitmdump
+with ``stream_large_bodies=1``; ``agent`` adds the load ``agent``: a coding
+agent's session of 20 calls whose bodies (system prompt, tool schemas,
+history) grow from 122 KB to 179 KB, each resending the conversation so far
+(the load generator builds them: a 150 KB body cannot travel in its command
+line). The outage proxy is measured under ``small`` only. ``--litellm PATH``
+starts LiteLLM's proxy (``PATH --config <tmp>/litellm.yaml --host 127.0.0.1
+--port <free> --num_workers 1``, one model per load carrying that load's fake
+scenario as ``extra_headers``, no database) and measures it under ``json``,
+``sse300`` and ``agent``. The report's "Workloads" table and the targets of
+issue 13 compare each workload's throughput with bare mitmdump's (>= 90%)
+and, when measured, with LiteLLM's (>= 8x).
 
 What one run does, on one machine:
 

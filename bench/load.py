@@ -3,7 +3,9 @@
 It runs in a process of its own (bench.run starts it as a subprocess) so that
 it never shares a GIL with the proxy, the fake upstream or the orchestrator.
 Each of N keep-alive connections sends one request (fixed bytes with a
-Content-Length body), reads the whole response (Content-Length, chunked or
+Content-Length body; with `workload`, the bodies of that workload of
+`bench/workloads.py` in turn, as an agent's session resends its growing
+conversation), reads the whole response (Content-Length, chunked or
 until EOF), and sends the next. Per request it takes time.perf_counter at the
 send, at the first body chunk and at the end of the response.
 
@@ -44,6 +46,10 @@ class Config:
     connections: int = 8
     warmup: float = 1.0
     duration: float = 10.0
+    # instead of `body`: a workload of bench/workloads.py whose bodies each connection sends in turn
+    # (an agent's session); built here, since a 150 KB body cannot travel in a command line
+    workload: str | None = None
+    model: str | None = None  # with `workload`: the model its bodies name instead (a proxy's own model name)
 
 
 @dataclass
@@ -69,8 +75,8 @@ class State:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-def build_request(cfg: Config) -> bytes:
-    body = cfg.body.encode()
+def build_request(cfg: Config, body_text: str | None = None) -> bytes:
+    body = (cfg.body if body_text is None else body_text).encode()
     lines = [f"POST {cfg.path} HTTP/1.1", f"Host: {cfg.host}:{cfg.port}"]
     lines += [f"{name}: {value}" for name, value in cfg.headers.items()]
     lines.append(f"Content-Length: {len(body)}")
@@ -120,7 +126,8 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, float, bool]
     return status, first, keep_alive
 
 
-async def connection(cfg: Config, request: bytes, state: State) -> None:
+async def connection(cfg: Config, requests: list[bytes], state: State) -> None:
+    turn = 0
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     perf = time.perf_counter
@@ -138,6 +145,8 @@ async def connection(cfg: Config, request: bytes, state: State) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             state.connects += 1
         assert reader is not None
+        request = requests[turn % len(requests)]
+        turn += 1
         start = perf()
         try:
             writer.write(request)
@@ -176,8 +185,16 @@ def summarize(values_s: list[float]) -> dict[str, float | None]:
 
 async def run(cfg: Config) -> dict[str, Any]:
     state = State()
-    request = build_request(cfg)
-    tasks = [asyncio.create_task(connection(cfg, request, state)) for _ in range(cfg.connections)]
+    if cfg.workload:
+        from bench.workloads import bodies
+
+        texts = bodies(cfg.workload)
+        if cfg.model:
+            texts = [json.dumps({**json.loads(text), "model": cfg.model}) for text in texts]
+        requests = [build_request(cfg, body) for body in texts]
+    else:
+        requests = [build_request(cfg)]
+    tasks = [asyncio.create_task(connection(cfg, requests, state)) for _ in range(cfg.connections)]
     await asyncio.sleep(cfg.warmup)
     errors_before = sum(state.errors.values())
     t0 = time.perf_counter()

@@ -17,7 +17,12 @@ TARGETS = {
     "bare": "bare mitmdump (no addon)",
     "addon": "mitmdump + addon (PostgreSQL, keys)",
     "outage": "mitmdump + addon, database cut",
+    "litellm": "LiteLLM proxy (--litellm)",
 }
+# The throughput load of each workload (issue 13), and what it is
+WORKLOAD_LOAD = {"small": "json", "stream": "sse300", "agent": "agent"}
+LOAD_LABEL = {"json": "tiny JSON call", "sse300": "SSE answer of 300 chunks (bare: stream_large_bodies=1)",
+              "agent": "coding agent, ~150 KB bodies, growing conversation"}
 PROXIES = ("addon", "outage")  # the addon's targets: compared with bare, and their rows checked
 
 
@@ -110,13 +115,30 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         return {"name": name, "measured": measured, "unit": unit, "goal": goal, "result": result,
                 "rounds": rounds or []}
 
-    def by_round(target: str) -> list[float]:
+    def by_round(target: str, load: str = "json") -> list[float]:
         """Throughput ratio to bare in each round (the slices of a round ran next to each other)."""
-        ours, bare = g(target, "json", "rps_rounds") or [], g("bare", "json", "rps_rounds") or []
+        ours, bare = g(target, load, "rps_rounds") or [], g("bare", load, "rps_rounds") or []
         return [100 * a / b for a, b in zip(ours, bare) if b] if len(ours) > 1 else []
 
+    def times(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    workloads: list[dict[str, Any]] = []
+    for workload, load in WORKLOAD_LOAD.items():
+        if workload == "small" or g("addon", load, "rps") is None:
+            continue
+        workloads.append(check(f"{workload} workload throughput vs bare mitmdump ({LOAD_LABEL[load]})",
+                               share(g("addon", load, "rps"), g("bare", load, "rps")), ">= 90%",
+                               lambda v: v >= 90, "%", by_round("addon", load)))
+    for workload, load in WORKLOAD_LOAD.items():
+        if g("litellm", load, "rps") is not None:
+            workloads.append(check(f"{workload} workload throughput vs LiteLLM",
+                                   times(g("addon", load, "rps"), g("litellm", load, "rps")), ">= 8x",
+                                   lambda v: v >= 8, "x"))
     bare_rps = g("bare", "json", "rps")
-    return [
+    if bare_rps is None:
+        return workloads
+    return workloads + [
         check("addon throughput vs bare mitmdump", share(g("addon", "json", "rps"), bare_rps), ">= 90%",
               lambda v: v >= 90, "%", by_round("addon")),
         check(f"added p50 latency ({g('addon', 'json', 'connections')} connections)",
@@ -168,6 +190,7 @@ def report(results: dict[str, Any]) -> str:
     if results.get("profiled"):
         lines += ["**Profiled run (py-spy sampled the addon proxy during one json slice): the addon's numbers "
                   "are distorted.**", ""]
+    small_from = len(lines)  # the small workload's three tables start here
     lines += [f"### Non-streamed chat completions: {cfg['connections']} keep-alive connections, closed loop, {per}",
               "", "| target | req/s | vs bare | req/s by round | p50 ms | p99 ms | added p50 ms | errors "
                   f"| proxy CPU ms/req (event loop) | {cpu_head} |",
@@ -207,6 +230,8 @@ def report(results: dict[str, Any]) -> str:
             f"| {fmt(last, 1)} | {fmt(g(t, 'stream', 'latency_ms', 'p99'), 1)} "
             f"| {diff(last, g('bare', 'stream', 'latency_ms', 'p50')) if cmp_ else '-'} "
             f"| {g(t, 'stream', 'errors')} | {cpu(t, 'stream')} |")
+    if not any(g(t, "json", "rps") is not None for t in targets):
+        del lines[small_from:]  # workload `small` was not run
     w = results.get("writer")
     if w:
         lines += ["", "### Writer alone (Writer + PostgresSink, in-process)", "",
@@ -216,13 +241,15 @@ def report(results: dict[str, Any]) -> str:
                   f"| {w['rows']:,} | {w['seconds']:.2f} | {w['rows_per_s']:,.0f} | {w['put_s']:.2f} "
                   f"| {w['rows_dropped']} "
                   f"| {w['batches_failed']} | {fmt(w['machine_cpu_pct'], 0)} | {fmt(w['steal_pct'], 0)} |"]
-    lines += ["", "### Targets (issue 5)", "", "| target | measured | goal | result | by round |",
+    lines += workload_table(results)
+    lines += ["", "### Targets (issues 5 and 13)", "", "| target | measured | goal | result | by round |",
               "|---|---:|---|---|---|"]
     for c in results["checks"]:
         unit = c["unit"]
         value = "-" if c["measured"] is None else (
             f"{c['measured']:,.0f} rows/s" if unit == "rows/s" else
-            f"{c['measured']:.1f}%" if unit == "%" else f"{c['measured']:+.2f} ms")
+            f"{c['measured']:.1f}%" if unit == "%" else f"{c['measured']:.1f}x" if unit == "x" else
+            f"{c['measured']:+.2f} ms")
         rounds = " / ".join(f"{v:.0f}%" for v in c["rounds"]) or "-"
         lines.append(f"| {c['name']} | {value} | {c['goal']} | {c['result']} | {rounds} |")
     lines.append("")
@@ -263,6 +290,32 @@ def report(results: dict[str, Any]) -> str:
             lines += ["", "| inclusive % | the addon's own frames |", "|---:|---|"]
             lines += [f"| {p} | `{f}` |" for f, p in prof["addon"]]
     return "\n".join(lines)
+
+
+def workload_table(results: dict[str, Any]) -> list[str]:
+    """Issue 13's table: each workload's throughput, bare mitmdump against the addon (and LiteLLM)."""
+    def g(*k: str) -> Any:
+        return _get(results, *k)
+
+    rows = [(w, load) for w, load in WORKLOAD_LOAD.items() if g("addon", load, "rps") is not None]
+    if not rows:
+        return []
+    cfg = results["config"]
+    lines = ["", f"### Workloads: throughput against bare mitmdump, {cfg['connections']} connections, bodies stored",
+             "", "| workload | bare req/s | addon req/s | addon ÷ bare | by round | LiteLLM req/s | LiteLLM ÷ bare "
+                 "| proxy CPU ms/req bare / addon |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for workload, load in rows:
+        bare, addon, lite = g("bare", load, "rps"), g("addon", load, "rps"), g("litellm", load, "rps")
+        ours, theirs = g("addon", load, "rps_rounds") or [], g("bare", load, "rps_rounds") or []
+        rounds = " / ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs) if b) if len(ours) > 1 else "-"
+        cpu_bare = (g("bare", load, "cpu_ms_per_request") or {}).get("proxy")
+        cpu_addon = (g("addon", load, "cpu_ms_per_request") or {}).get("proxy")
+        lines.append(f"| {workload}: {LOAD_LABEL[load]} | {fmt(bare, 0)} | {fmt(addon, 0)} "
+                     f"| {fmt(addon / bare if addon is not None and bare else None, 2)} | {rounds} | {fmt(lite, 0)} "
+                     f"| {fmt(lite / bare if lite is not None and bare else None, 2)} "
+                     f"| {fmt(cpu_bare, 2)} / {fmt(cpu_addon, 2)} |")
+    return lines
 
 
 def machine() -> dict[str, Any]:

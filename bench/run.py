@@ -10,6 +10,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,12 +21,18 @@ from urllib.parse import urlsplit
 
 from bench.report import PROXIES, TARGETS, checks, fmt, machine, pool, report, summarize_profile
 from bench.services import ADDON, BIN, DEFAULT_PG, PY, REPO, BenchError, drop_bench_table, stop_all, system_cpu
-from bench.writer import MODEL, bench_writer
+from bench.workloads import STREAM_CHUNKS, WORKLOADS, parse_workloads, scenario, small_body
+from bench.writer import bench_writer
 from tests.fakes.process import LISTENING, Service, ServiceError
 
+MODEL = "gpt-4o-mini"
 FAKE_OPENAI_KEY = "sk-bench-not-a-real-key"
 KEY_NAMES = {"addon": "bench", "outage": "bench-outage"}
-LOADS = ("json", "single", "stream")
+LOADS = ("json", "single", "stream", "sse300", "agent")
+# The loads of each workload (bench/workloads.py): `small` is the original three.
+WORKLOAD_LOADS = {"small": ("json", "single", "stream"), "stream": ("sse300",), "agent": ("agent",)}
+STREAM_LOADS = ("stream", "sse300")  # bare mitmdump passes chunks on for these (stream_large_bodies=1)
+LITELLM_LOADS = ("json", "sse300", "agent")
 
 # ----------------------------------------------------------------- the run
 
@@ -54,6 +61,14 @@ class Bench:
         self.results: dict[str, Any] = {"targets": {}}
         self.profile_dir: Path | None = None
         self.pg_reached = False
+        self.loads = [load for w in args.workload for load in WORKLOAD_LOADS[w]]
+
+    def targets_for(self, load: str) -> list[str]:
+        """Who is measured under a load: the outage proxy only under the small ones, LiteLLM when given."""
+        names = [t for t in TARGETS if t != "litellm" and (t != "outage" or load in WORKLOAD_LOADS["small"])]
+        if "litellm" in self.endpoints and load in LITELLM_LOADS:
+            names.append("litellm")
+        return names
 
     # -- set-up and tear-down
 
@@ -99,7 +114,30 @@ class Bench:
         outage = self.start_mitmdump("outage", upstream_url, db_url=relayed)
         self.endpoints["outage"] = Endpoint("127.0.0.1", int(outage.group), outage)
         self.relay.signal(signal.SIGUSR1)  # the outage starts: connections dropped, new ones refused
+        if self.args.litellm:
+            self.endpoints["litellm"] = self.start_litellm(upstream_url)
         time.sleep(0.3)
+
+    def start_litellm(self, upstream_url: str) -> Endpoint:
+        """LiteLLM's proxy (`litellm --config`), its one model on the fake upstream, no database."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        # LiteLLM passes no client header on: each load's fake scenario rides on a model of its own.
+        lines = ["model_list:"]
+        for load in LITELLM_LOADS:
+            header = json.dumps({"x-fake-scenario": json.dumps(self.fake_scenario(load), separators=(",", ":"))})
+            lines += [f"  - model_name: bench-{load}", "    litellm_params:", f"      model: openai/{MODEL}",
+                      f"      api_base: {upstream_url}/v1", f"      api_key: {FAKE_OPENAI_KEY}",
+                      f"      extra_headers: {header}"]
+        config = self.tmp / "litellm.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        proxy = self._service(
+            "litellm", [self.args.litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                        "--num_workers", "1"],
+            re.compile(r"(Uvicorn running on|Application startup complete)"),
+            {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
+        return Endpoint("127.0.0.1", port, proxy)
 
     def cleanup(self) -> None:
         stop_all(self.children, self.services)
@@ -137,29 +175,38 @@ class Bench:
 
     def load_config(self, target: str, load: str) -> dict[str, Any]:
         end = self.endpoints[target]
-        proxy = end.stream_proxy if load == "stream" else end.proxy
-        port = int(proxy.group) if proxy is not None else end.port
-        messages = [{"role": "system", "content": "You are a terse assistant."},
-                    {"role": "user", "content": "Say hello in one short sentence."}]
+        proxy = end.stream_proxy if load in STREAM_LOADS else end.proxy
+        port = end.port if proxy is None or target == "litellm" else int(proxy.group)
         secret = self.secrets.get(target, self.secrets["addon"])  # direct and bare pass it on, unused
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
-        body: dict[str, Any] = {"model": MODEL, "messages": messages, "max_tokens": 32}
-        connections = {"json": self.args.connections, "single": 1, "stream": self.args.stream_connections}[load]
-        if load == "stream":
-            body.update(stream=True, stream_options={"include_usage": True})
-            scenario = {"input": 27, "output": 20, "deltas": 20, "delay": 0.02}
+        body = small_body(stream=load in STREAM_LOADS)
+        connections = {"json": self.args.connections, "single": 1, "stream": self.args.stream_connections,
+                       "sse300": self.args.connections, "agent": self.args.connections}[load]
+        if load in STREAM_LOADS:
             headers["Accept"] = "text/event-stream"
-        else:
-            scenario = {"input": 27, "output": 9}
-        headers["x-fake-scenario"] = json.dumps(scenario, separators=(",", ":"))
-        return {"host": end.host, "port": port, "path": "/v1/chat/completions", "warmup": 1.0,
-                "duration": self.slice_s, "body": json.dumps(body), "headers": headers,
-                "connections": connections}
+        headers["x-fake-scenario"] = json.dumps(self.fake_scenario(load), separators=(",", ":"))
+        if target == "litellm":
+            body["model"] = f"bench-{load}"
+        config: dict[str, Any] = {
+            "host": end.host, "port": port, "path": "/v1/chat/completions", "warmup": self.args.warmup,
+            "duration": self.slice_s, "body": json.dumps(body), "headers": headers, "connections": connections}
+        if load == "agent":
+            config["workload"] = "agent"  # the load generator builds the session's bodies itself
+            if target == "litellm":
+                config["model"] = body["model"]
+        return config
+
+    @staticmethod
+    def fake_scenario(load: str) -> dict[str, Any]:
+        """What the fake upstream answers under a load (x-fake-scenario)."""
+        if load == "stream":
+            return {"input": 27, "output": 20, "deltas": 20, "delay": 0.02}
+        return scenario({"sse300": "stream", "agent": "agent"}.get(load, "small"))
 
     def measure(self, target: str, load: str, profile: bool = False) -> dict[str, Any]:
         config = self.load_config(target, load)
         end = self.endpoints[target]
-        proxy = end.stream_proxy if load == "stream" else end.proxy
+        proxy = end.stream_proxy if load in STREAM_LOADS else end.proxy
         watched = {"upstream": self.upstream} if proxy is None else {"proxy": proxy, "upstream": self.upstream}
         for service in watched.values():
             assert service is not None and service.proc is not None
@@ -271,6 +318,8 @@ class Bench:
             time.sleep(0.1)
         backlog_s = time.perf_counter() - restored
         for target in PROXIES:
+            if target not in self.results["targets"]:
+                continue
             proxy = self.endpoints[target].proxy
             assert proxy is not None
             proxy.stop()
@@ -293,17 +342,18 @@ class Bench:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self.start_all()
-        names = list(TARGETS)
         for r in range(self.args.rounds):
             print(f"round {r + 1} of {self.args.rounds}")
-            order = names[r % len(names):] + names[:r % len(names)]
-            for load in LOADS:
+            for load in self.loads:
+                names = self.targets_for(load)
+                order = names[r % len(names):] + names[:r % len(names)]
                 for target in order:
                     profile = self.args.profile is not None and r == 0 and target == "addon" and load == "json"
                     self.slices.setdefault((target, load), []).append(self.measure(target, load, profile))
         for target in TARGETS:
-            self.results["targets"][target] = {
-                "label": TARGETS[target], "loads": {load: pool(self.slices[(target, load)]) for load in LOADS}}
+            measured = {load: pool(self.slices[(target, load)]) for load in LOADS if (target, load) in self.slices}
+            if measured:
+                self.results["targets"][target] = {"label": TARGETS[target], "loads": measured}
         self.settle_rows()
         for service in reversed(self.services):
             service.stop()
@@ -326,6 +376,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="slices each measurement is split into, interleaved across targets (default 3; "
                              "--quick: 1)")
     parser.add_argument("--quick", action="store_true", help="3 s per measurement, 1 round")
+    parser.add_argument("--workload", default=",".join(WORKLOADS),
+                        help=f"comma-separated workloads out of {', '.join(WORKLOADS)} (default all): small is the "
+                             f"tiny call (json, single, stream loads), stream {STREAM_CHUNKS}-chunk SSE answers, "
+                             "agent 150 KB coding-agent bodies")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each slice")
+    parser.add_argument("--litellm", metavar="PATH",
+                        help="also measure LiteLLM's proxy: the path of a `litellm` binary (not installed by us)")
     parser.add_argument("--connections", type=int, default=8, help="connections of the non-streamed load")
     parser.add_argument("--stream-connections", type=int, default=4, help="connections of the streamed load")
     parser.add_argument("--rows", type=int, default=100_000, help="rows for the writer benchmark")
@@ -334,6 +391,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", nargs="?", const="", metavar="DIR",
                         help="py-spy the addon proxy during its first json slice (raw stacks kept in DIR)")
     args = parser.parse_args(argv)
+    try:
+        args.workload = parse_workloads(args.workload)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.litellm and shutil.which(args.litellm) is None:
+        parser.error(f"--litellm {args.litellm}: no such executable")
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     if args.rounds is None:
@@ -354,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results
     results.update(command=command, machine=machine(), profiled=args.profile is not None, config={
         "duration": args.duration, "rounds": args.rounds, "connections": args.connections,
-        "stream_connections": args.stream_connections, "rows": args.rows, "table": bench.table})
+        "stream_connections": args.stream_connections, "rows": args.rows, "table": bench.table,
+        "workloads": args.workload, "litellm": args.litellm})
     print(f"llm-proxy benchmark: {command}")
     status = 0
     try:

@@ -47,7 +47,7 @@ from .storage.schema import DEFAULT_TABLE
 from .storage.sqlite import SqliteSink
 from .storage.journal import Journal, journal_dir
 from .storage.writer import Writer
-from .stream.meter import StreamMeter, decoder_for
+from .stream.lazy import meter_for
 from .usage import stream_parser
 from .websocket.upgrade import CLAIMED as WEBSOCKET
 
@@ -368,7 +368,7 @@ class LLMProxy:
         if parser is None:
             response.stream = True  # a stream we cannot meter still must not be buffered
             return
-        call.meter = StreamMeter(parser, decoder_for(content_type), strip=call.strip_usage_chunk)
+        call.meter = meter_for(parser, content_type, strip=call.strip_usage_chunk)
         response.stream = call.meter
 
     def response(self, flow: http.HTTPFlow) -> None:

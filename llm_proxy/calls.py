@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from mitmproxy import http
 
 from . import apis, headers
@@ -25,7 +26,7 @@ from .limits.gate import Gate
 from .routing import Route
 from .stream.meter import StreamMeter
 from .usage import Usage, bedrock, error_text, json_usage
-from .usage.base import loads
+from .usage.base import loads, std_loads
 
 
 # Flow metadata set by the jobs addon on a queued job's own call (never from client input):
@@ -70,11 +71,28 @@ def _with_stream_usage(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream_options": options}
 
 
+def request_json(raw: bytes) -> Any:
+    """The request body parsed just enough to read its model and stream fields: orjson, unguarded.
+
+    orjson reads integers past 64 bits as floats, which changes neither a model
+    name (a str) nor a stream flag, and refuses what json might accept (NaN, a
+    byte order mark, UTF-16, lone surrogates): then json parses it, so the
+    fields found are always json's. A body that must be rewritten is parsed
+    again by json alone (`std_loads`): its numbers go on unchanged.
+    """
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        return std_loads(raw)
+
+
 def open_call(flow: http.HTTPFlow, route: Route) -> Call:
     """Read the request, move it to its upstream, and ask for streamed usage where needed."""
     request = flow.request
     raw = headers.body(request)
-    body = loads(raw)
+    body = request_json(raw)
     api = route.api
     bare_path = request.path.partition("?")[0]
     model = apis.model_from_path(bare_path, api) if api in apis.MODEL_IN_PATH else None
@@ -116,7 +134,7 @@ def open_call(flow: http.HTTPFlow, route: Route) -> Call:
         and not (isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"))
         and _accepts_stream_options(request)
     ):
-        request.content = json.dumps(_with_stream_usage(body)).encode()
+        request.content = json.dumps(_with_stream_usage(std_loads(raw))).encode()
         call.strip_usage_chunk = True
     return call
 

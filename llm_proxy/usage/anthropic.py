@@ -63,7 +63,7 @@ class MessagesStream(StreamParser):
         self._partial_json: dict[int, str] = {}
 
     def on_event(self, name: str | None, data: str) -> bool:
-        obj = loads(data)
+        obj = self.loads(data)
         if not isinstance(obj, dict):
             return True
         kind = obj.get("type") or name

@@ -35,7 +35,7 @@ class GenerateStream(StreamParser):
     """SSE `data:` chunks (alt=sse) or the objects of a streamed JSON array."""
 
     def on_event(self, name: str | None, data: str) -> bool:
-        obj = loads(data)
+        obj = self.loads(data)
         self.on_object(obj, len(data))
         return True
 

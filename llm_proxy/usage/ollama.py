@@ -26,7 +26,7 @@ class NativeStream(StreamParser):
     """NDJSON lines; usage from the `done: true` line, errors from `{"error": ...}` lines."""
 
     def on_event(self, name: str | None, data: str) -> bool:
-        obj = loads(data)
+        obj = self.loads(data)
         if not isinstance(obj, dict):
             return True
         if obj.get("error"):

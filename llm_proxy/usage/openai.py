@@ -94,12 +94,13 @@ class ChatStream(StreamParser):
         self._head: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._usage_obj: Any = None
+        self._model_seen: str | None = None
 
     def on_event(self, name: str | None, data: str) -> bool:
         if data.startswith("[DONE]"):
             self.complete = True
             return True
-        chunk = loads(data)
+        chunk = self.loads(data)
         if not isinstance(chunk, dict):
             return True
         if chunk.get("error"):
@@ -107,8 +108,10 @@ class ChatStream(StreamParser):
             return True
         if not self._head:
             self._head = {k: chunk[k] for k in ("id", "created", "system_fingerprint") if k in chunk}
-        if isinstance(chunk.get("model"), str):
-            self.response_model = text(chunk["model"])
+        model = chunk.get("model")
+        if isinstance(model, str) and model != self._model_seen:  # the same name on every chunk: once
+            self._model_seen = model
+            self.response_model = text(model)
         usage = chunk.get("usage")
         if isinstance(usage, dict) and usage:
             self._usage_obj = usage
@@ -121,14 +124,32 @@ class ChatStream(StreamParser):
                     self._fold_choice(choice)
         return not (self.strip_usage_chunk and usage and choices == [])
 
+    def drops(self, name: str | None, data: str) -> bool:
+        """Whether `on_event` would hide this event from the client, without its side effects
+        (the lazy meter asks before the stream's events are parsed at its end)."""
+        if not self.strip_usage_chunk or data.startswith("[DONE]"):
+            return False
+        chunk = loads(data)
+        return (isinstance(chunk, dict) and not chunk.get("error") and bool(chunk.get("usage"))
+                and chunk.get("choices") == [])
+
     def _fold_choice(self, choice: dict[str, Any]) -> None:
         index = event_index(choice, 0)
-        slot = self._choices.setdefault(index, {"index": index, "message": {}, "finish_reason": None})
+        slot = self._choices.get(index)
+        if slot is None:
+            slot = self._choices[index] = {"index": index, "message": {}, "finish_reason": None}
         if self.legacy:
             slot["message"].setdefault("text", "")
             append_text(slot["message"], "text", choice.get("text"))
-        elif isinstance(choice.get("delta"), dict):
-            _append_delta(slot["message"], choice["delta"])
+        else:
+            delta = choice.get("delta")
+            if type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str:
+                # nearly every chunk: one piece of text (what _append_delta does with it, inline)
+                message = slot["message"]
+                previous = message.get("content")
+                message["content"] = (previous if isinstance(previous, str) else "") + delta["content"]
+            elif isinstance(delta, dict):
+                _append_delta(slot["message"], delta)
         if choice.get("finish_reason"):
             slot["finish_reason"] = choice["finish_reason"]
 
@@ -163,7 +184,7 @@ class ResponsesStream(StreamParser):
         self._final: Any = None
 
     def on_event(self, name: str | None, data: str) -> bool:
-        obj = loads(data)
+        obj = self.loads(data)
         if isinstance(obj, dict):
             self.on_object(name, obj, len(data))
         return True
