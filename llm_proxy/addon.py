@@ -18,7 +18,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from . import apis, health
 from .access import Access
-from .calls import Call, close_call, comment, fallback_record, open_call, unreadable_call
+from .calls import LOST_ATTEMPT, Call, close_call, comment, fallback_record, open_call, unreadable_call
 from .config.pricing import PriceBook, load_pricing
 from .config.providers import ConfigError, Providers, load_providers
 from .errors import forbidden_host_response, local_response
@@ -397,6 +397,9 @@ class LLMProxy:
                             context=f"{flow.request.method} {flow.request.path}")
             record = fallback_record(flow, call, f"llm-proxy could not read this call's answer ({type(e).__name__}); "
                                                  "tokens and cost unknown")
+        lost = flow.metadata.get(LOST_ATTEMPT)
+        if lost is not None:  # a job's re-run: its row names the run a restart cut off
+            record.attempts = [lost, *(record.attempts or [])]
         self.deliver(call, record)
 
     def deliver(self, call: Call, record: Record) -> None:

@@ -32,6 +32,10 @@ from .usage.base import loads, std_loads
 # Flow metadata set by the jobs addon on a queued job's own call (never from client input):
 # the hash of the virtual key the job runs as, since the proxy does not keep the key's secret.
 KEY_HASH = "llm_proxy.key_hash"
+# Flow metadata set by the jobs addon on a job's re-run after a restart: the earlier run it
+# replaces, which left no row (the proxy stopped mid-call) but may have been billed. It becomes
+# the first entry of the row's `attempts`, so the row says so.
+LOST_ATTEMPT = "llm_proxy.lost_attempt"
 _ACCEPT_ENCODING = frozenset({b"accept-encoding"})
 _IDENTITY = ((b"accept-encoding", b"identity"),)
 

@@ -26,7 +26,7 @@ from mitmproxy.proxy.mode_specs import RegularMode, ReverseMode
 
 from .. import apis
 from ..access import GATE_HELD, judge_key
-from ..calls import KEY_HASH
+from ..calls import KEY_HASH, LOST_ATTEMPT
 from ..errors import local_response
 from ..keys.model import hash_secret
 from ..option_values import reject_unparsable
@@ -243,6 +243,11 @@ class Jobs:
         if active.request.scheme and isinstance(flow.client_conn.proxy_mode, RegularMode):
             flow.request.scheme = active.request.scheme
         flow.metadata["llm_proxy.job"] = job_id
+        if active.job.rerun:
+            flow.metadata[LOST_ATTEMPT] = {
+                "job": job_id, "status": None,
+                "error": "an earlier run of this job was cut off when llm-proxy stopped; the provider may have billed it",
+            }
         active.request_id = flow.id  # the llm_requests row's request_id
         assert self.store is not None
         self._spawn(self.store.run(lambda s: s.started_call(job_id, flow.id)))

@@ -114,6 +114,14 @@ def test_kill_9_with_50_queued_and_5_running(start_proxy: ProxyFactory, upstream
     # One row per finished call, each linked to its job; the killed calls left none.
     rows = Rows(db, TABLE).wait(key, 55, timeout=20)
     assert {r["request_id"] for r in rows} == {request_id for _, request_id, _ in jobs.values()}
+    # A re-run's row says so: its first attempt is the run the kill cut off (possibly billed).
+    rerun_rows = {jobs[job_id][1] for job_id in reruns}
+    for row in rows:
+        marked = [a for a in row["attempts"] or [] if a.get("job")]
+        if row["request_id"] in rerun_rows:
+            assert len(marked) == 1 and "may have billed" in marked[0]["error"], row["attempts"]
+        else:
+            assert marked == [], row["attempts"]
     # Every webhook arrived at least once (receivers dedupe by id), each correctly signed.
     deadline = time.monotonic() + 20
     while {h.json["id"] for h in receiver.on("/durable")} != set(ids) and time.monotonic() < deadline:
