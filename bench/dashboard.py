@@ -162,7 +162,7 @@ def history(count: int, days: float, seed: int = 10) -> Iterator[Any]:
 
 
 def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5000) -> dict[str, Any]:
-    """The table with its hourly rollup first (its triggers then keep the rollup), then the rows."""
+    """The table with its rollups first (its triggers then keep the rollup), then the rows."""
     import psycopg
 
     from llm_proxy.control.reports import ensure_rollup
@@ -179,6 +179,7 @@ def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5
         hourly = None
         if conn.execute("SELECT to_regclass(%s)", (f"{table}_hourly",)).fetchone()[0] is not None:
             conn.execute(f"VACUUM ANALYZE {table}_hourly")
+            conn.execute(f"VACUUM ANALYZE {table}_daily")
             hourly = conn.execute(f"SELECT count(*) FROM {table}_hourly").fetchone()[0]
     return {"rows": rows, "days": days, "seconds": time.monotonic() - started, "rollup_rows": hourly}
 

@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -33,10 +34,11 @@ import httpx
 import psycopg
 
 from llm_proxy.control.reports import drop_calls_table, ensure_rollup, money
+from llm_proxy.control.rollup import ensure_sqlite_rollup
 from llm_proxy.record import Record
 from llm_proxy.storage.postgres import PostgresSink
 from llm_proxy.storage.rows import row_values
-from llm_proxy.storage.schema import schema_for
+from llm_proxy.storage.schema import schema_for, sqlite_schema
 from llm_proxy.storage.sqlite import SqliteSink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,6 +189,26 @@ def writer_cost(rows: int) -> None:
             drop(PG_URL, table)
 
 
+def sqlite_writer_cost(rows: int) -> None:
+    """SqliteSink's rows/s (batches of 500, as the writer sends them) without and with the rollups."""
+    records = [row_values(r, body_max_bytes=None) for r in realistic_records(rows, seed=11)]
+    for rollup in (False, True):
+        with tempfile.TemporaryDirectory(prefix="bench-sqlite-writer-") as tmp:
+            path = Path(tmp) / "rows.db"
+            with sqlite3.connect(path, isolation_level=None) as conn:
+                conn.executescript(sqlite_schema("w"))
+                if rollup:
+                    ensure_sqlite_rollup(conn, "w")
+            sink = SqliteSink(str(path), "w")
+            sink.connect()
+            started = time.perf_counter()
+            for start in range(0, rows, 500):
+                sink.write(records[start:start + 500])
+            elapsed = time.perf_counter() - started
+            sink.close()
+        print(f"sqlite writer {'with' if rollup else 'without'} the rollups: {rows / elapsed:,.0f} rows/s")
+
+
 def drop(url: str, table: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         drop_calls_table(conn, table)
@@ -205,6 +227,9 @@ def main() -> int:
         if args.sqlite:
             db_url = f"sqlite:///{home / 'rows.db'}"
             sink: Any = SqliteSink(str(home / "rows.db"), table)
+            with sqlite3.connect(home / "rows.db", isolation_level=None) as conn:
+                conn.executescript(sqlite_schema(table))
+                ensure_sqlite_rollup(conn, table)  # before the rows: the triggers keep it as they arrive
         else:
             db_url, sink = PG_URL, PostgresSink(PG_URL, table)
             with psycopg.connect(PG_URL, autocommit=True) as conn:
@@ -229,7 +254,7 @@ def main() -> int:
         print(f"{'FAIL' if slow else 'ok'}: every p50 under {LIMITS[kind] * 1000:.0f} ms on {kind}"
               + (f" except {', '.join(slow)}" if slow else ""))
     if args.writer_rows:
-        writer_cost(args.writer_rows)
+        (sqlite_writer_cost if args.sqlite else writer_cost)(args.writer_rows)
     return 1 if slow else 0
 
 

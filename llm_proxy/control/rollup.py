@@ -38,6 +38,7 @@ def drop_calls_table(conn: psycopg.Connection, table: str) -> None:
     """Drop a calls table with what the control plane keeps beside it (tests and benchmarks)."""
     conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly, {table}_daily, {table}_rollup_gen CASCADE")
     conn.execute(f"DROP FUNCTION IF EXISTS {table}_rollup_sync(), {table}_rollup_truncate(), "
+                 f"{table}_rollup_rebuild(timestamptz, timestamptz), "
                  f"{table}_hourly_sync(), {table}_hourly_truncate() CASCADE")
 
 

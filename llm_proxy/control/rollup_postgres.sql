@@ -150,6 +150,34 @@ DROP TRIGGER IF EXISTS llm_requests_hourly_upd ON llm_requests;
 DROP TRIGGER IF EXISTS llm_requests_hourly_del ON llm_requests;
 DROP TRIGGER IF EXISTS llm_requests_hourly_trunc ON llm_requests;
 DROP FUNCTION IF EXISTS llm_requests_hourly_sync(), llm_requests_hourly_truncate();
+-- Recompute both levels for the whole UTC days in [lo, hi) from the rows: for changes the
+-- triggers cannot see, e.g. after dropping, detaching or truncating one partition
+-- (`SELECT llm_requests_rollup_rebuild('2026-01-01', '2026-02-01')`). Writes wait meanwhile.
+CREATE OR REPLACE FUNCTION llm_requests_rollup_rebuild(lo timestamptz, hi timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    first timestamptz := date_trunc('day', lo AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    last timestamptz := date_trunc('day', (hi AT TIME ZONE 'UTC') + interval '1 day' - interval '1 microsecond')
+                        AT TIME ZONE 'UTC';
+BEGIN
+    LOCK TABLE llm_requests IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM llm_requests_hourly WHERE hour >= first AND hour < last;
+    DELETE FROM llm_requests_daily WHERE day >= first AND day < last;
+    INSERT INTO llm_requests_hourly
+    SELECT date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', key_id, model, response_model,
+           provider, api, status, count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL),
+           coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(cached_tokens), 0),
+           coalesce(sum(cache_write_tokens), 0), coalesce(sum(reasoning_tokens), 0),
+           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL)
+    FROM llm_requests WHERE ts >= first AND ts < last GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    INSERT INTO llm_requests_daily
+    SELECT date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', key_id, model, response_model,
+           provider, api, status, sum(requests), sum(errors), sum(input_tokens), sum(output_tokens),
+           sum(cached_tokens), sum(cache_write_tokens), sum(reasoning_tokens), sum(cost_usd), sum(unpriced)
+    FROM llm_requests_hourly WHERE hour >= first AND hour < last GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    UPDATE llm_requests_rollup_gen SET n = n + 1;
+END $$;
+
 DROP TRIGGER IF EXISTS llm_requests_rollup_ins ON llm_requests;
 DROP TRIGGER IF EXISTS llm_requests_rollup_upd ON llm_requests;
 DROP TRIGGER IF EXISTS llm_requests_rollup_del ON llm_requests;
