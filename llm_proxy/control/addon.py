@@ -311,8 +311,8 @@ class ControlPlane:
             if path == API + "usage":
                 self._allow(method, "GET")
                 query = usage_query(params, _now())
-                answer = await self._cached(flow, lambda: self._workers().run(lambda r: r.usage(query)))
-                return json_response(200, answer)
+                body = await self._cached(flow, lambda: self._workers().run(lambda r: r.usage_json(query)))
+                return http.Response.make(200, body, {"content-type": "application/json", "cache-control": "no-store"})
             if path == API + "requests":
                 self._allow(method, "GET")
                 page = requests_query(params, _now())

@@ -34,7 +34,7 @@ from .params import Filters, RequestsQuery, UsageQuery
 from .plan import DAY, Piece, floor, plan
 from .rollup import (COST_SCALE, drop_calls_table, ensure_rollup, ensure_sqlite_rollup, rollup_ready,
                      sqlite_rollup_ready)
-from .usage_sql import usage_sql
+from .usage_sql import final_json_sql, usage_sql
 
 __all__ = ["MEASURES", "ClosedDays", "Reports", "drop_calls_table", "ensure_rollup", "money", "rollup_ready"]
 
@@ -180,26 +180,53 @@ class Reports:
 
     def usage(self, query: UsageQuery) -> dict[str, Any]:
         """The usage API's answer for `query` (contract shape)."""
+        return json.loads(self.usage_json(query))
+
+    def usage_json(self, query: UsageQuery) -> bytes:
+        """The usage API's answer as JSON text. A report grouped by key and model can have tens of
+        thousands of groups: on PostgreSQL such a wide report is summed, sorted and written out
+        by the server in one statement (usage_sql.final_json_sql); others are merged here."""
+        head = {"since": _iso(query.since), "until": _iso(query.until), "group_by": list(query.group_by)}
+        if self.postgres and _wide(query.group_by):
+            if self._conn is None:
+                self.connect()
+            pieces = plan(query.since.astimezone(UTC), query.until.astimezone(UTC), datetime.now(UTC),
+                          self._levels(query))
+            sql, params = final_json_sql(self.table, pieces, query.group_by, query.filters)
+            (row,) = self._fetch(sql, params)
+            totals = {m: int(row[m] or 0) for m in MEASURES if m != "cost_usd"}
+            totals["cost_usd"] = money(_decimal(row["cost_usd"]))
+            totals = {m: totals[m] for m in MEASURES}
+            text = json.dumps({**head, "totals": totals})
+            return (text[:-1] + ', "groups": ' + row["groups"] + "}").encode()
         rows = self._usage_rows(query)
         dims = query.group_by
-        # Each row is sorted before it becomes a JSON group: a report grouped by key and model
-        # can have tens of thousands of groups.
-        kept = [row for row in rows if row["requests"]] if dims else []
-        kept.sort(key=lambda row: (-row["cost_usd"], *(_sortable(row[f]) for f in dims)))
-        groups = [self._group(row, dims) for row in kept]
-        totals: dict[str, Any] = {m: 0 for m in MEASURES}
-        cost = Decimal(0)
-        for row in rows:
-            for measure in MEASURES:
-                if measure == "cost_usd":
-                    cost += row[measure]
-                else:
-                    totals[measure] += int(row[measure] or 0)
-        totals["cost_usd"] = money(cost)
-        return {
-            "since": _iso(query.since), "until": _iso(query.until), "group_by": list(query.group_by),
-            "totals": totals, "groups": groups if query.group_by else [],
-        }
+        totals = {m: int(sum(r[m] or 0 for r in rows)) for m in MEASURES if m != "cost_usd"}
+        totals["cost_usd"] = money(sum((r["cost_usd"] for r in rows), Decimal(0)))
+        totals = {m: totals[m] for m in MEASURES}
+        groups: list[dict[str, Any]] = []
+        if dims:
+            formats = [(f, _FORMATS.get(f)) for f in dims]
+            keyed = []
+            for r in rows:
+                if not r["requests"]:
+                    continue
+                values = [fmt(r[f]) if fmt is not None and r[f] is not None else r[f] for f, fmt in formats]
+                keyed.append(((-r["cost_usd"], *[(v is None, v) for v in values]), values, r))
+            keyed.sort(key=lambda item: item[0])
+            counts = [m for m in MEASURES if m != "cost_usd"]
+            for _, values, r in keyed:
+                group = dict(zip(dims, values))
+                for m in counts:
+                    group[m] = int(r[m] or 0)
+                group["cost_usd"] = money(r["cost_usd"])
+                groups.append({**group, "unpriced": group.pop("unpriced")})
+        return json.dumps({**head, "totals": totals, "groups": groups}, ensure_ascii=False).encode()
+
+    def _levels(self, query: UsageQuery) -> tuple[str, ...]:
+        if not self.rollup:
+            return ()
+        return ("hourly",) if "hour" in query.group_by else ("hourly", "daily")
 
     def _usage_rows(self, query: UsageQuery) -> list[dict[str, Any]]:
         """Grouped rows with cost_usd as Decimal, from the rollups where they serve."""
@@ -207,10 +234,7 @@ class Reports:
             self.connect()
         since, until = query.since.astimezone(UTC), query.until.astimezone(UTC)
         now = datetime.now(UTC)
-        levels: tuple[str, ...] = ()
-        if self.rollup:
-            levels = ("hourly",) if "hour" in query.group_by else ("hourly", "daily")
-        pieces = plan(since, until, now, levels)
+        pieces = plan(since, until, now, self._levels(query))
         cached: list[dict[str, Any]] = []
         closed = floor(now - CLOSED_AFTER, DAY)
         daily = [p for p in pieces if p.source == "daily" and p.sign > 0 and p.lo < closed]
@@ -227,7 +251,12 @@ class Reports:
                 found = self._sum_pieces([Piece("daily", piece.lo, end, 1)], query)
                 self.closed.put(key, generation, found)
             cached = found
-        rows = self._sum_pieces(pieces, query) if pieces else []
+        try:
+            rows = self._sum_pieces(pieces, query) if pieces else []
+        except sqlite3.OperationalError as e:
+            if "overflow" not in str(e):
+                raise
+            rows = [{"odd": 1}]  # a SQLite rollup sum beyond 64 bits: the rows are summed instead
         if any(row.get("odd") for row in (*cached, *rows)):  # a SQLite cost the rollup could not keep exactly
             return self._sum_pieces(plan(since, until, now, ()), query)
         return _merge(cached, rows, query.group_by) if cached else rows
@@ -246,22 +275,6 @@ class Reports:
                     row["odd"] = 1
                 row["cost_usd"] = units + _decimal(row.pop("cost_text"))
         return rows
-
-    def _group(self, row: Mapping[str, Any], group_by: tuple[str, ...]) -> dict[str, Any]:
-        group: dict[str, Any] = {}
-        for field in group_by:
-            value = row[field]
-            if field in ("day", "hour") and value is not None:
-                # PostgreSQL gives a timestamp; SQLite the text prefix of ts ("2026-11-23", "2026-11-23T10").
-                moment = value if isinstance(value, datetime) else datetime.fromisoformat(
-                    value + (":00" if field == "hour" else ""))
-                value = moment.strftime("%Y-%m-%d" if field == "day" else "%Y-%m-%dT%H:00Z")
-            elif field == "status" and value is not None:
-                value = int(value)
-            group[field] = value
-        for measure in MEASURES:
-            group[measure] = money(row[measure]) if measure == "cost_usd" else int(row[measure] or 0)
-        return group
 
     # --- requests -----------------------------------------------------------------------
 
@@ -336,12 +349,27 @@ def _decimal(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _sortable(value: Any) -> tuple[bool, str]:
-    return (value is None, "" if value is None else f"{value:>12}" if isinstance(value, int) else str(value))
-
-
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _day(value: Any) -> str:
+    # PostgreSQL gives a timestamp; SQLite the text prefix of ts ("2026-11-23", "2026-11-23T10").
+    return value.strftime("%Y-%m-%d") if isinstance(value, datetime) else value[:10]
+
+
+def _hour(value: Any) -> str:
+    return value.strftime("%Y-%m-%dT%H:00Z") if isinstance(value, datetime) else value[:13] + ":00Z"
+
+
+_FORMATS: dict[str, Callable[[Any], Any]] = {"day": _day, "hour": _hour, "status": int}
+_NARROW = {"provider", "api", "status", "day"}
+
+
+def _wide(group_by: tuple[str, ...]) -> bool:
+    """Can this report have tens of thousands of groups (two of key, model, response_model and
+    hour, or one of them with hour)?"""
+    return len([f for f in group_by if f not in _NARROW]) >= 2
 
 
 def _merge(first: list[dict[str, Any]], second: list[dict[str, Any]], group_by: tuple[str, ...]

@@ -48,10 +48,33 @@ def usage_sql(table: str, pieces: Sequence[Piece], group_by: tuple[str, ...], fi
         outer.append("bucket AS hour")
     cost = ["sum(cost_usd) AS cost_usd"] if postgres else [
         "sum(cost_units) AS cost_units", "decimal_sum(cost_text, 1) AS cost_text", "sum(odd) AS odd"]
-    select = ", ".join([*outer, "sum(requests) AS requests", "sum(errors) AS errors",
-                        *(f"sum({m}) AS {m}" for m in TOKENS), *cost, "sum(unpriced) AS unpriced"])
+    cast = "::bigint" if postgres else ""
+    select = ", ".join([*outer, *(f"sum({m}){cast} AS {m}" for m in ("requests", "errors", *TOKENS)), *cost,
+                        f"sum(unpriced){cast} AS unpriced"])
     group = f" GROUP BY {', '.join(str(i) for i in range(1, len(outer) + 1))}" if outer else ""
     return f"SELECT {select} FROM ({' UNION ALL '.join(selects)}) AS u{group}", params
+
+
+def final_json_sql(table: str, pieces: Sequence[Piece], group_by: tuple[str, ...], filters: Filters
+                   ) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL: one row of the totals and `groups`, the contract's JSON array of the groups
+    (sorted by cost descending, then by the group fields in code-point order, NULLs last;
+    cost_usd as exact decimal text without trailing zeros), written by the server."""
+    inner, params = usage_sql(table, pieces, group_by, filters, postgres=True)
+    fields, order = [], ["cost_usd DESC"]
+    for f in group_by:
+        value = (f"to_char({f}, 'YYYY-MM-DD')" if f == "day" else
+                 f"to_char({f}, 'YYYY-MM-DD\"T\"HH24:00Z')" if f == "hour" else f)
+        fields.append(f"'{f}', {value}")
+        order.append(f"{value} COLLATE \"C\" NULLS LAST" if f != "status" else f"{value} NULLS LAST")
+    fields += [f"'{m}', {m}" for m in ("requests", "errors", *TOKENS)]
+    fields += ["'cost_usd', trim_scale(cost_usd)::text", "'unpriced', unpriced"]
+    measures = ("requests", "errors", *TOKENS, "cost_usd", "unpriced")
+    sql = (f"WITH g AS ({inner}) SELECT "
+           + ", ".join(f"sum({m}) AS {m}" for m in measures)
+           + f", coalesce((SELECT json_agg(json_build_object({', '.join(fields)}) ORDER BY {', '.join(order)}) "
+           "FROM g WHERE requests <> 0), '[]')::text AS groups FROM g")
+    return sql, params
 
 
 def _bound(piece: Piece, moment: Any, postgres: bool) -> Any:
