@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,6 +28,7 @@ from psycopg.rows import dict_row
 from ..record import COLUMNS, JSON_COLUMNS
 from ..storage.dsn import Database
 from ..storage.schema import sqlite_schema
+from .groups import MEASURES, ClosedDays, Part, answer, money
 from .params import Filters, RequestsQuery, UsageQuery
 from .plan import DAY, Piece, floor, plan
 from .rollup import (COST_SCALE, drop_calls_table, ensure_rollup, ensure_sqlite_rollup, rollup_ready,
@@ -43,20 +42,7 @@ logger = logging.getLogger(__name__)
 REPORT_WORK_MEM = "64MB"  # per sort or hash of a report, on its own connection only
 # A day that ended this long ago may be kept (ClosedDays): rows more than 1 h late bump the generation.
 CLOSED_AFTER = timedelta(hours=3)
-MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-            "reasoning_tokens", "cost_usd", "unpriced")
-TOKEN_MEASURES = MEASURES[2:7]
 LIST_COLUMNS = tuple(c for c in ("id", *COLUMNS) if c not in ("request_body", "response_body"))
-
-
-def money(value: Decimal | None) -> str:
-    """Exact decimal text without exponent or trailing zeros: Decimal('3.6780E-4') -> '0.0003678'."""
-    if value is None:
-        return "0"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
 
 
 class _DecimalSum:
@@ -72,32 +58,6 @@ class _DecimalSum:
 
     def finalize(self) -> str:
         return str(self.total)
-
-
-class ClosedDays:
-    """Sums of whole days that ended CLOSED_AFTER ago, per report shape, shared by every worker
-    thread of one control plane; each is used only while the rollups' generation counter is
-    the one read before it was summed (a late, changed or deleted row bumps it)."""
-
-    def __init__(self, entries: int = 32) -> None:
-        self._entries = entries
-        self._lock = threading.Lock()
-        self._sums: OrderedDict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]] = OrderedDict()
-
-    def get(self, key: tuple[Any, ...], generation: int) -> list[dict[str, Any]] | None:
-        with self._lock:
-            found = self._sums.get(key)
-            if found is None or found[0] != generation:
-                return None
-            self._sums.move_to_end(key)
-            return found[1]
-
-    def put(self, key: tuple[Any, ...], generation: int, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._sums[key] = (generation, rows)
-            self._sums.move_to_end(key)
-            while len(self._sums) > self._entries:
-                self._sums.popitem(last=False)
 
 
 class Reports:
@@ -183,83 +143,59 @@ class Reports:
         return json.loads(self.usage_json(query))
 
     def usage_json(self, query: UsageQuery) -> bytes:
-        """The usage API's answer as JSON text. A report grouped by key and model can have tens of
-        thousands of groups: on PostgreSQL such a wide report is summed, sorted and written out
-        by the server in one statement (usage_sql.final_json_sql); others are merged here."""
+        """The usage API's answer as JSON text. A report grouped by key and model can have tens
+        of thousands of groups: the kept sums of its closed days (groups.py) serve it; without
+        them, on PostgreSQL such a wide report is summed, sorted and written out by the server in
+        one statement (usage_sql.final_json_sql)."""
         head = {"since": _iso(query.since), "until": _iso(query.until), "group_by": list(query.group_by)}
-        if self.postgres and _wide(query.group_by):
-            if self._conn is None:
-                self.connect()
-            pieces = plan(query.since.astimezone(UTC), query.until.astimezone(UTC), datetime.now(UTC),
-                          self._levels(query))
-            sql, params = final_json_sql(self.table, pieces, query.group_by, query.filters)
-            (row,) = self._fetch(sql, params)
-            totals = {m: int(row[m] or 0) for m in MEASURES if m != "cost_usd"}
-            totals["cost_usd"] = money(_decimal(row["cost_usd"]))
-            totals = {m: totals[m] for m in MEASURES}
-            text = json.dumps({**head, "totals": totals})
-            return (text[:-1] + ', "groups": ' + row["groups"] + "}").encode()
-        rows = self._usage_rows(query)
-        dims = query.group_by
-        totals = {m: int(sum(r[m] or 0 for r in rows)) for m in MEASURES if m != "cost_usd"}
-        totals["cost_usd"] = money(sum((r["cost_usd"] for r in rows), Decimal(0)))
-        totals = {m: totals[m] for m in MEASURES}
-        groups: list[dict[str, Any]] = []
-        if dims:
-            formats = [(f, _FORMATS.get(f)) for f in dims]
-            keyed = []
-            for r in rows:
-                if not r["requests"]:
-                    continue
-                values = [fmt(r[f]) if fmt is not None and r[f] is not None else r[f] for f, fmt in formats]
-                keyed.append(((-r["cost_usd"], *[(v is None, v) for v in values]), values, r))
-            keyed.sort(key=lambda item: item[0])
-            counts = [m for m in MEASURES if m != "cost_usd"]
-            for _, values, r in keyed:
-                group = dict(zip(dims, values))
-                for m in counts:
-                    group[m] = int(r[m] or 0)
-                group["cost_usd"] = money(r["cost_usd"])
-                groups.append({**group, "unpriced": group.pop("unpriced")})
-        return json.dumps({**head, "totals": totals, "groups": groups}, ensure_ascii=False).encode()
-
-    def _levels(self, query: UsageQuery) -> tuple[str, ...]:
-        if not self.rollup:
-            return ()
-        return ("hourly",) if "hour" in query.group_by else ("hourly", "daily")
-
-    def _usage_rows(self, query: UsageQuery) -> list[dict[str, Any]]:
-        """Grouped rows with cost_usd as Decimal, from the rollups where they serve."""
         if self._conn is None:
             self.connect()
-        since, until = query.since.astimezone(UTC), query.until.astimezone(UTC)
-        now = datetime.now(UTC)
+        since, until, now = query.since.astimezone(UTC), query.until.astimezone(UTC), datetime.now(UTC)
         pieces = plan(since, until, now, self._levels(query))
-        cached: list[dict[str, Any]] = []
-        closed = floor(now - CLOSED_AFTER, DAY)
-        daily = [p for p in pieces if p.source == "daily" and p.sign > 0 and p.lo < closed]
-        if daily:  # at most one daily piece: split off its closed days and keep their sums
-            (piece,) = daily
-            end = min(piece.hi, closed)
-            pieces.remove(piece)
-            if end < piece.hi:
-                pieces.append(Piece("daily", end, piece.hi, 1))
-            generation = self._fetch(f"SELECT n FROM {self.table}_rollup_gen")[0]["n"]
-            key = (query.group_by, query.filters, piece.lo, end)
-            found = self.closed.get(key, generation)
-            if found is None:
-                found = self._sum_pieces([Piece("daily", piece.lo, end, 1)], query)
-                self.closed.put(key, generation, found)
-            cached = found
+        kept, pieces = self._closed_part(pieces, query, now)
+        if kept is None and self.postgres and _wide(query.group_by):
+            sql, params = final_json_sql(self.table, pieces, query.group_by, query.filters)
+            (row,) = self._fetch(sql, params)
+            totals = {m: money(_decimal(row[m])) if m == "cost_usd" else int(row[m] or 0) for m in MEASURES}
+            text = json.dumps({**head, "totals": totals})
+            return (text[:-1] + ', "groups": ' + row["groups"] + "}").encode()
         try:
             rows = self._sum_pieces(pieces, query) if pieces else []
         except sqlite3.OperationalError as e:
             if "overflow" not in str(e):
                 raise
             rows = [{"odd": 1}]  # a SQLite rollup sum beyond 64 bits: the rows are summed instead
-        if any(row.get("odd") for row in (*cached, *rows)):  # a SQLite cost the rollup could not keep exactly
-            return self._sum_pieces(plan(since, until, now, ()), query)
-        return _merge(cached, rows, query.group_by) if cached else rows
+        if any(row.get("odd") for row in rows) or (kept is not None and kept.odd):
+            kept, rows = None, self._sum_pieces(plan(since, until, now, ()), query)
+        return answer(head, kept, Part(rows, query.group_by))
+
+    def _closed_part(self, pieces: list[Piece], query: UsageQuery, now: datetime
+                     ) -> tuple[Part | None, list[Piece]]:
+        """The kept sums of the window's closed days (summed now if not kept yet) and the
+        pieces left to read."""
+        closed = floor(now - CLOSED_AFTER, DAY)
+        daily = [p for p in pieces if p.source == "daily" and p.sign > 0 and p.lo < closed]
+        if not daily:
+            return None, pieces
+        (piece,) = daily  # plan() gives at most one
+        end = min(piece.hi, closed)
+        rest = [p for p in pieces if p is not piece]
+        if end < piece.hi:
+            rest.append(Piece("daily", end, piece.hi, 1))
+        generation = self._fetch(f"SELECT n FROM {self.table}_rollup_gen")[0]["n"]
+        key = (query.group_by, query.filters, piece.lo, end)
+        part = self.closed.get(key, generation)
+        if part is None:
+            rows = self._sum_pieces([Piece("daily", piece.lo, end, 1)], query)
+            part = Part(rows, query.group_by)
+            part.odd = any(row.get("odd") for row in rows)
+            self.closed.put(key, generation, part)
+        return part, rest
+
+    def _levels(self, query: UsageQuery) -> tuple[str, ...]:
+        if not self.rollup:
+            return ()
+        return ("hourly",) if "hour" in query.group_by else ("hourly", "daily")
 
     def _sum_pieces(self, pieces: list[Piece], query: UsageQuery) -> list[dict[str, Any]]:
         sql, params = usage_sql(self.table, pieces, query.group_by, query.filters, postgres=self.postgres)
@@ -353,16 +289,25 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _day(value: Any) -> str:
-    # PostgreSQL gives a timestamp; SQLite the text prefix of ts ("2026-11-23", "2026-11-23T10").
-    return value.strftime("%Y-%m-%d") if isinstance(value, datetime) else value[:10]
+_NARROW = {"provider", "api", "status", "day"}
 
 
-def _hour(value: Any) -> str:
-    return value.strftime("%Y-%m-%dT%H:00Z") if isinstance(value, datetime) else value[:13] + ":00Z"
+def _wide(group_by: tuple[str, ...]) -> bool:
+    """Can this report have tens of thousands of groups (two of key, model, response_model and
+    hour, or one of them with hour)?"""
+    return len([f for f in group_by if f not in _NARROW]) >= 2
 
 
-_FORMATS: dict[str, Callable[[Any], Any]] = {"day": _day, "hour": _hour, "status": int}
+def _decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 _NARROW = {"provider", "api", "status", "day"}
 
 

@@ -61,19 +61,20 @@ def final_json_sql(table: str, pieces: Sequence[Piece], group_by: tuple[str, ...
     (sorted by cost descending, then by the group fields in code-point order, NULLs last;
     cost_usd as exact decimal text without trailing zeros), written by the server."""
     inner, params = usage_sql(table, pieces, group_by, filters, postgres=True)
-    fields, order = [], ["cost_usd DESC"]
+    fields, order = [], ["g.cost_usd DESC"]  # g.: not the text of the same name below
     for f in group_by:
         value = (f"to_char({f}, 'YYYY-MM-DD')" if f == "day" else
                  f"to_char({f}, 'YYYY-MM-DD\"T\"HH24:00Z')" if f == "hour" else f)
-        fields.append(f"'{f}', {value}")
+        fields.append(f"{value} AS {f}")
         order.append(f"{value} COLLATE \"C\" NULLS LAST" if f != "status" else f"{value} NULLS LAST")
-    fields += [f"'{m}', {m}" for m in ("requests", "errors", *TOKENS)]
-    fields += ["'cost_usd', trim_scale(cost_usd)::text", "'unpriced', unpriced"]
+    fields += [*("requests", "errors", *TOKENS), "trim_scale(cost_usd)::text AS cost_usd", "unpriced"]
     measures = ("requests", "errors", *TOKENS, "cost_usd", "unpriced")
+    # json_agg over a sorted subquery keeps its order (a plain subquery scan feeds the aggregate
+    # in order; the tests check the order too).
     sql = (f"WITH g AS ({inner}) SELECT "
            + ", ".join(f"sum({m}) AS {m}" for m in measures)
-           + f", coalesce((SELECT json_agg(json_build_object({', '.join(fields)}) ORDER BY {', '.join(order)}) "
-           "FROM g WHERE requests <> 0), '[]')::text AS groups FROM g")
+           + f", coalesce((SELECT json_agg(j) FROM (SELECT {', '.join(fields)} FROM g WHERE requests <> 0 "
+           f"ORDER BY {', '.join(order)}) AS j), '[]')::text AS groups FROM g")
     return sql, params
 
 
@@ -113,8 +114,10 @@ def _postgres_piece(table: str, piece: Piece, dims: list[str], bucket: str | Non
         local = f"{column} AT TIME ZONE 'UTC'"
         b = (local if bucket == "hour" or column == "day" else f"date_trunc('day', {local})") if bucket \
             else "NULL::timestamp"
-        measures = [f"{s}sum({m}) AS {m}" for m in ("requests", "errors", *TOKENS, "cost_usd", "unpriced")]
-        source = f"{table}_{piece.source}"
+        # Rollup rows go to the outer GROUP BY as they are: grouping them here too costs a second pass.
+        measures = [f"{s}{m} AS {m}" for m in ("requests", "errors", *TOKENS, "cost_usd", "unpriced")]
+        where = _where(column, lo, hi, params, "%({})s", False)
+        return f"SELECT {', '.join([*dims, b + ' AS bucket', *measures])} FROM {table}_{piece.source} WHERE {where}"
     where = _where(column, lo, hi, params, "%({})s", False)
     group = ", ".join(str(i) for i in range(1, len(dims) + 2))
     return f"SELECT {', '.join([*dims, b + ' AS bucket', *measures])} FROM {source} WHERE {where} GROUP BY {group}"
