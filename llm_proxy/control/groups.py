@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
@@ -46,6 +47,15 @@ def _hour(value: Any) -> str:
 _FORMATS: dict[str, Callable[[Any], Any]] = {"day": _day, "hour": _hour, "status": int}
 
 
+_TEXT = json.encoder.encode_basestring  # type: ignore[attr-defined]  # JSON string, as dumps(ensure_ascii=False)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _TEXT(value) if isinstance(value, str) else str(int(value))
+
+
 class Part:
     """Grouped sums (rows with the group_by fields, the counts and cost_usd as Decimal)."""
 
@@ -63,6 +73,7 @@ class Part:
         self.totals = [sum(column) for column in zip(*self.sums.values())] if self.sums else [0] * 8 + [Decimal(0)]
         self._written: list[tuple[tuple[Any, ...], tuple[Any, ...], str]] | None = None
         self.odd = False  # a SQLite rollup cost that did not fit: not to be used
+        self._index: dict[tuple[Any, ...], int] | None = None
 
     def written(self) -> list[tuple[tuple[Any, ...], tuple[Any, ...], str]]:
         """(sort key, group key, JSON text) of every group with calls, sorted; made once."""
@@ -71,15 +82,22 @@ class Part:
                                    key=lambda item: item[0])
         return self._written
 
+    def index(self) -> tuple[dict[tuple[Any, ...], int], list[tuple[Any, ...]], list[str]]:
+        """Position of each group in written(), the sort keys and the texts, in that order."""
+        written = self.written()
+        if self._index is None:
+            self._orders = [item[0] for item in written]
+            self._texts = [item[2] for item in written]
+            self._index = {item[1]: i for i, item in enumerate(written)}
+        return self._index, self._orders, self._texts
+
     def _write(self, key: tuple[Any, ...], values: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...], str]:
         shown = [_FORMATS[f](v) if v is not None and f in _FORMATS else v for f, v in zip(self.group_by, key)]
-        group = dict(zip(self.group_by, shown))
-        for name, value in zip(COUNTS[:-1], values[:-2]):
-            group[name] = value
-        group["cost_usd"] = money(values[-1])
-        group["unpriced"] = values[-2]
+        fields = [f"{_TEXT(f)}: {_value(v)}" for f, v in zip(self.group_by, shown)]
+        fields += [f'"{name}": {value}' for name, value in zip(COUNTS[:-1], values[:-2])]
+        fields.append(f'"cost_usd": "{money(values[-1])}", "unpriced": {values[-2]}')
         order = (-values[-1], *[(v is None, v) for v in shown])
-        return order, key, json.dumps(group, ensure_ascii=False)
+        return order, key, "{" + ", ".join(fields) + "}"
 
 
 def answer(head: dict[str, Any], kept: Part | None, fresh: Part) -> bytes:
@@ -96,9 +114,20 @@ def answer(head: dict[str, Any], kept: Part | None, fresh: Part) -> bytes:
         for key, values in fresh.sums.items():
             before = kept.sums.get(key)
             changed.sums[key] = values if before is None else [a + b for a, b in zip(before, values)]
-        written = [item for item in kept.written() if item[1] not in changed.sums] + changed.written()
-        written.sort(key=lambda item: item[0])  # two sorted runs: a merge
-        groups = [text for _, _, text in written]
+        # The kept groups stay in their order; each changed group goes where its sort key says.
+        index, orders, texts = kept.index()
+        out: list[str | None] = list(texts)
+        for key in changed.sums:
+            if key in index:
+                out[index[key]] = None
+        inserts = [(bisect_left(orders, item[0]), item[2]) for item in changed.written()]
+        groups = []
+        start = 0
+        for position, text in inserts:  # ascending: changed.written() is sorted
+            groups.extend(t for t in out[start:position] if t is not None)
+            groups.append(text)
+            start = position
+        groups.extend(t for t in out[start:] if t is not None)
     text = json.dumps({**head, "totals": totals_json}, ensure_ascii=False)
     return (text[:-1] + ', "groups": [' + ", ".join(groups) + "]}").encode()
 
