@@ -184,7 +184,7 @@ def writer_cost(rows: int) -> None:
             def count() -> int:
                 with psycopg.connect(PG_URL) as c:
                     return c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            print(f"writer {'with' if rollup else 'without'} the hourly rollup:", end="")
+            print(f"writer {'with' if rollup else 'without'} the rollups:", end="")
             bench_writer(PG_URL, table, rows, count)
         finally:
             drop(PG_URL, table)
