@@ -89,6 +89,7 @@ class Part:
             self._orders = [item[0] for item in written]
             self._texts = [item[2] for item in written]
             self._index = {item[1]: i for i, item in enumerate(written)}
+            self._written = []  # the same, held by the three above (a kept part is read only through them)
         return self._index, self._orders, self._texts
 
     def _write(self, key: tuple[Any, ...], values: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...], str]:
@@ -137,7 +138,7 @@ class ClosedDays:
     thread of one control plane; each is used only while the rollups' generation counter is
     the one read before it was summed (a late, changed or deleted row bumps it)."""
 
-    def __init__(self, entries: int = 12) -> None:
+    def __init__(self, entries: int = 8) -> None:  # a 30,000-group part holds about 25 MB
         self._entries = entries
         self._lock = threading.Lock()
         self._parts: OrderedDict[tuple[Any, ...], tuple[int, Part]] = OrderedDict()
