@@ -74,9 +74,10 @@ def ensure_rollup(conn: psycopg.Connection, table: str) -> bool:
 
 # --- SQLite ----------------------------------------------------------------------------
 
-def cost_units_sql(c: str) -> tuple[str, str]:
+def cost_units_sql(c: str) -> tuple[str, str, str, str, str]:
     """SQL expressions for (whole 10^-12 USD of the decimal text `c`, 1 if it does not fit
-    exactly else 0). Accepts what str(Decimal) writes: -12.5, 0.0003678, 1.5E-7, 1E+2."""
+    exactly else 0), then the fit test alone and the first two as templates of it ({ok}).
+    Accepts what str(Decimal) writes: -12.5, 0.0003678, 1.5E-7, 1E+2."""
     m = f"(CASE WHEN instr({c}, 'E') THEN substr({c}, 1, instr({c}, 'E') - 1) ELSE {c} END)"
     e = f"(CASE WHEN instr({c}, 'E') THEN substr({c}, instr({c}, 'E') + 1) ELSE '0' END)"
     d = f"replace({m}, '.', '')"
@@ -87,10 +88,10 @@ def cost_units_sql(c: str) -> tuple[str, str]:
           f" AND length({m}) - length(replace({m}, '.', '')) <= 1 AND length({e}) BETWEEN 1 AND 5"
           f" AND {e} NOT GLOB '*[^0-9+-]*' AND instr(substr({e}, 2), '-') = 0 AND instr(substr({e}, 2), '+') = 0"
           f" AND ltrim({e}, '+-') <> '' AND {shift} BETWEEN 0 AND 18 AND length(ltrim({u}, '0')) + {shift} <= 18)")
-    units = (f"(CASE WHEN {ok} THEN CAST({d} AS INTEGER) * "
+    units = (f"(CASE WHEN {{ok}} THEN CAST({d} AS INTEGER) * "
              f"CAST(substr('1000000000000000000', 1, {shift} + 1) AS INTEGER) ELSE 0 END)")
-    odd = f"(CASE WHEN {c} IS NULL OR {ok} THEN 0 ELSE 1 END)"
-    return units, odd
+    odd = f"(CASE WHEN {c} IS NULL OR {{ok}} THEN 0 ELSE 1 END)"
+    return units.format(ok=ok), odd.format(ok=ok), ok, units, odd
 
 
 def _level_table(table: str, level: str) -> str:
@@ -112,7 +113,8 @@ def _level_table(table: str, level: str) -> str:
 
 def _upsert(table: str, level: str, row: str, sign: str) -> str:
     bucket, width = ("hour", 13) if level == "hourly" else ("day", 10)
-    units, odd = cost_units_sql(f"{row}.cost_usd")
+    _, _, ok, units, odd = cost_units_sql(f"{row}.cost_usd")
+    units, odd = units.format(ok="c.ok"), odd.format(ok="c.ok")  # the long fit test once per row
     nulls = " | ".join(f"(({row}.{d} IS NULL) << {i})" for i, d in enumerate(_DIMS))
     dims = ", ".join(f"ifnull({row}.{d}, {'0' if d == 'status' else chr(39) * 2})" for d in _DIMS)
     measures = ", ".join(f"{sign}ifnull({row}.{m}, 0)" for m in (
@@ -124,7 +126,7 @@ def _upsert(table: str, level: str, row: str, sign: str) -> str:
     return f"""
     INSERT INTO {table}_{level} SELECT substr({row}.ts, 1, {width}), {dims}, {nulls}, {sign}1,
         {sign}(CASE WHEN {row}.status >= 400 OR {row}.error IS NOT NULL THEN 1 ELSE 0 END), {measures},
-        {sign}{units}, {odd}, {sign}({row}.cost_usd IS NULL) WHERE true
+        {sign}{units}, {odd}, {sign}({row}.cost_usd IS NULL) FROM (SELECT {ok} AS ok) AS c WHERE true
     ON CONFLICT ({keys}) DO UPDATE SET {sums},
         cost_odd = cost_odd + excluded.cost_odd + (typeof(cost_units + excluded.cost_units) <> 'integer');"""
 
@@ -151,7 +153,7 @@ def sqlite_rollup_sql(table: str) -> str:
 
 def _sqlite_fill(table: str, level: str) -> str:
     bucket, width = ("hour", 13) if level == "hourly" else ("day", 10)
-    units, odd = cost_units_sql("cost_usd")
+    units, odd, *_ = cost_units_sql("cost_usd")
     nulls = " | ".join(f"(({d} IS NULL) << {i})" for i, d in enumerate(_DIMS))
     dims = ", ".join(f"ifnull({d}, {'0' if d == 'status' else chr(39) * 2})" for d in _DIMS)
     return (f"INSERT INTO {table}_{level} SELECT substr(ts, 1, {width}), {dims}, {nulls}, count(*), "
