@@ -34,7 +34,7 @@ What one run does:
    CLI (``llm-proxy keys --keys-file F create bench``), a providers file that
    points "openai" at the fake upstream, a random admin key, and picks a fresh
    table ``bench_dash_<random>``.
-2. Creates that table with its hourly rollup (``ensure_rollup``, as
+2. Creates that table with its rollups (``ensure_rollup``, as
    ``bench.reports`` does: the rollup's triggers then keep it as rows arrive)
    and fills it with ``--history-rows`` realistic rows (``bench.reports``'
    generator: hundreds of keys and models with skewed use, 4% errors, 3%
@@ -74,13 +74,13 @@ What one run does:
    included) per condition; and the dashboard's latencies by request (p50,
    p95, max) and per whole refresh. With ``--json``, writes it all.
 6. Cleans up in any case (the processes it started, by pid; the table, its
-   ``_hourly`` rollup and the rollup's functions; the temp dir), also on
+   ``_hourly``/``_daily`` rollups and their functions; the temp dir), also on
    Ctrl-C, SIGTERM or when ``--max-seconds`` runs out.
 
 The live calls add rows to the table as the run goes (about 700 a second on a
-2-core machine): they fall in the current hour, which the usage reports read
-from the rows themselves (whole hours come from the rollup), so later
-refreshes read more. That is what a dashboard on a busy proxy sees; the
+2-core machine): they fall in the current hour and day, which the usage reports
+read from the rollups (the current hour minus the rows after `until`, normally
+none); the sums of closed days are kept by the control plane between refreshes. That is what a dashboard on a busy proxy sees; the
 interleaved rounds spread it over both conditions' neighbours alike.
 
 On a machine with few cores the reports' queries run in PostgreSQL on the same
@@ -162,7 +162,7 @@ def history(count: int, days: float, seed: int = 10) -> Iterator[Any]:
 
 
 def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5000) -> dict[str, Any]:
-    """The table with its hourly rollup first (its triggers then keep the rollup), then the rows."""
+    """The table with its rollups first (its triggers then keep the rollup), then the rows."""
     import psycopg
 
     from llm_proxy.control.reports import ensure_rollup
@@ -179,6 +179,7 @@ def fill_history(pg_url: str, table: str, rows: int, days: float, batch: int = 5
         hourly = None
         if conn.execute("SELECT to_regclass(%s)", (f"{table}_hourly",)).fetchone()[0] is not None:
             conn.execute(f"VACUUM ANALYZE {table}_hourly")
+            conn.execute(f"VACUUM ANALYZE {table}_daily")
             hourly = conn.execute(f"SELECT count(*) FROM {table}_hourly").fetchone()[0]
     return {"rows": rows, "days": days, "seconds": time.monotonic() - started, "rollup_rows": hourly}
 

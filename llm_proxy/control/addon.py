@@ -35,10 +35,11 @@ from ..paths import default_db_url
 from ..storage.dsn import DatabaseURLError, check_table_name, parse_db_url
 from ..websocket.records import METHOD as WEBSOCKET_METHOD
 from . import auth, cors, static
+from .answers import AnswerCache
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .params import BadParameter, Filters, UsageQuery, requests_query, usage_query
-from .reports import Reports, money
+from .reports import ClosedDays, Reports, money
 
 logger = logging.getLogger(__name__)
 failures = FailureLog(logger)  # a client repeating a failing request gets one traceback, then a count
@@ -83,13 +84,14 @@ class ReportWorkers:
         self._local = threading.local()
         self._all: list[Reports] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="llm-proxy-reports")
+        self.closed = ClosedDays()  # sums of closed days, shared by the threads
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="llm-proxy-reports", initializer=_lower_priority)
 
     def _reports(self) -> Reports:
         reports = getattr(self._local, "reports", None)
         if reports is None:
             reports = self._local.reports = Reports(self.database, self.table, statement_timeout=self.timeout,
-                                                    ensure=True)
+                                                    ensure=True, closed=self.closed)
             with self._lock:
                 self._all.append(reports)
         return reports
@@ -128,6 +130,15 @@ class ReportWorkers:
                     pass
 
 
+def _lower_priority() -> None:
+    """Report threads yield the CPU to the event loop's thread (Linux nice values are per
+    thread); SQLite's queries run in them. Elsewhere a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 class OverheadClock:
     """Placed after the metering addon: with ControlPlane's stamps before it, times its hooks."""
 
@@ -155,6 +166,7 @@ class ControlPlane:
         self.cors = cors.CorsPolicy()
         self.workers: ReportWorkers | None = None
         self.clock = OverheadClock(self)
+        self.answers = AnswerCache()
         self._finished: set[str] = set()  # request ids of calls the metering addon just recorded
         metering.record_listeners.append(self._observe)
 
@@ -300,11 +312,13 @@ class ControlPlane:
             if path == API + "usage":
                 self._allow(method, "GET")
                 query = usage_query(params, _now())
-                return json_response(200, await self._workers().run(lambda r: r.usage(query)))
+                body = await self._cached(flow, lambda: self._workers().run(lambda r: r.usage_json(query)))
+                return http.Response.make(200, body, {"content-type": "application/json", "cache-control": "no-store"})
             if path == API + "requests":
                 self._allow(method, "GET")
                 page = requests_query(params, _now())
-                return json_response(200, await self._workers().run(lambda r: r.requests(page)))
+                answer = await self._cached(flow, lambda: self._workers().run(lambda r: r.requests(page)))
+                return json_response(200, answer)
             if path.startswith(API + "requests/"):
                 self._allow(method, "GET")
                 request_id = path.removeprefix(API + "requests/")
@@ -317,6 +331,12 @@ class ControlPlane:
         except BadParameter as e:
             raise ApiError(400, str(e)) from None
         raise ApiError(404, f"no such llm-proxy endpoint: {path}")
+
+    async def _cached(self, flow: http.HTTPFlow, compute: Callable[[], Any]) -> Any:
+        """The answer to this exact admin GET, at most 1 s old (answers.py); `Cache-Control:
+        no-cache` asks for a fresh one."""
+        fresh = "no-cache" in flow.request.headers.get("cache-control", "").lower()
+        return await self.answers.get(("admin", flow.request.path), compute, fresh=fresh)
 
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
@@ -428,6 +448,7 @@ class ControlPlane:
         except ConfigError as e:
             raise ApiError(400, str(e)) from None
         self.metering.access.use_keys(ring)
+        self.answers.clear()
         return result
 
 

@@ -2,17 +2,18 @@
 plane's API (in its worker threads) and `llm-proxy report` (directly).
 
 Money is summed exactly: numeric in PostgreSQL, Decimal in Python for SQLite
-(which keeps costs as text). On PostgreSQL 15+ whole hours come from the hourly
-rollup (rollup_postgres.sql, kept by triggers in the rows' own transactions)
-and the partial hours at the window's edges from the rows themselves, so a
-report over 30 days reads a few thousand rollup rows instead of every call.
+(which keeps costs as text; its rollups as whole 10^-12 USD). Whole days come from
+the daily rollup, whole hours from the hourly one, the minutes at the edges from the
+rows (plan.py); all kept by triggers in the rows' own transactions (rollup.py).
+Sums of days that ended hours ago may be kept (ClosedDays) for as long as the
+rollups' generation counter, which every late, changed or deleted row bumps, stays
+the same: a refreshing dashboard then reads only today's rollup rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -26,62 +27,46 @@ from psycopg.rows import dict_row
 
 from ..record import COLUMNS, JSON_COLUMNS
 from ..storage.dsn import Database
-from ..storage.schema import schema_for, sqlite_schema
+from ..storage.schema import sqlite_schema
+from .groups import MEASURES, ClosedDays, Part, answer, money
 from .params import Filters, RequestsQuery, UsageQuery
+from .plan import DAY, Piece, floor, plan
+from .rollup import (COST_SCALE, drop_calls_table, ensure_rollup, ensure_sqlite_rollup, rollup_ready,
+                     sqlite_rollup_ready)
+from .usage_sql import final_json_sql, usage_sql
+
+__all__ = ["MEASURES", "ClosedDays", "Reports", "drop_calls_table", "ensure_rollup", "money", "rollup_ready"]
 
 logger = logging.getLogger(__name__)
 
-ROLLUP_SQL = Path(__file__).with_name("rollup_postgres.sql")
 REPORT_WORK_MEM = "64MB"  # per sort or hash of a report, on its own connection only
-_SCHEMA_LOCK = 0x6C6C6D70  # the writer's lock for applying DDL (storage/postgres.py)
-MEASURES = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-            "reasoning_tokens", "cost_usd", "unpriced")
-TOKEN_MEASURES = MEASURES[2:7]
-_DIM_COLUMNS = {"key": "key_id", "model": "model", "response_model": "response_model", "provider": "provider",
-                "api": "api", "status": "status"}
+# A day that ended this long ago may be kept (ClosedDays): rows more than 1 h late bump the generation.
+CLOSED_AFTER = timedelta(hours=3)
 LIST_COLUMNS = tuple(c for c in ("id", *COLUMNS) if c not in ("request_body", "response_body"))
-_DDL_WORDS = re.compile(r"\b(llm_requests)")
-
-
-def money(value: Decimal | None) -> str:
-    """Exact decimal text without exponent or trailing zeros: Decimal('3.6780E-4') -> '0.0003678'."""
-    if value is None:
-        return "0"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
 
 
 class _DecimalSum:
-    """SQLite aggregate: the exact sum of decimal text (SQLite's own sum() goes through floats)."""
+    """SQLite aggregate: the exact sum of decimal text times a sign (SQLite's own sum() goes
+    through floats)."""
 
     def __init__(self) -> None:
         self.total = Decimal(0)
 
-    def step(self, value: str | None) -> None:
+    def step(self, value: str | None, sign: int) -> None:
         if value is not None:
-            self.total += Decimal(value)
+            self.total += Decimal(value) * sign
 
     def finalize(self) -> str:
         return str(self.total)
-
-
-def hour_floor(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def hour_ceil(moment: datetime) -> datetime:
-    floor = hour_floor(moment)
-    return floor if floor == moment else floor + timedelta(hours=1)
 
 
 class Reports:
     """One connection's worth of report queries; not thread-safe (one per worker thread)."""
 
     def __init__(self, database: Database, table: str, *, statement_timeout: float = 30.0,
-                 ensure: bool = False) -> None:
+                 ensure: bool = False, closed: ClosedDays | None = None) -> None:
         self.database = database
+        self.closed = closed if closed is not None else ClosedDays()
         self.table = table
         self.timeout = statement_timeout
         self.postgres = database.kind == "postgresql"
@@ -117,7 +102,10 @@ class Reports:
             else:  # a report only reads: never create a database file by mistake
                 conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", timeout=10, isolation_level=None,
                                        uri=True)
-            conn.create_aggregate("decimal_sum", 1, _DecimalSum)
+            if self._ensure:
+                ensure_sqlite_rollup(conn, self.table)
+            self.rollup = sqlite_rollup_ready(conn, self.table)
+            conn.create_aggregate("decimal_sum", 2, _DecimalSum)
             # A report over its time is stopped, like PostgreSQL's statement_timeout.
             conn.set_progress_handler(lambda: 1 if time.monotonic() > self._deadline else 0, 10000)
         self._conn = conn
@@ -152,108 +140,77 @@ class Reports:
 
     def usage(self, query: UsageQuery) -> dict[str, Any]:
         """The usage API's answer for `query` (contract shape)."""
-        rows = self._fetch(*self._usage_sql(query))
-        dims = query.group_by
-        # Each cost is parsed once and the rows sorted before they become JSON groups: a report
-        # grouped by key and model can have tens of thousands of groups.
-        costed = [(_decimal(row["cost_usd"]), row) for row in rows if row["requests"]] if dims else []
-        costed.sort(key=lambda item: (-item[0], *(_sortable(item[1][f]) for f in dims)))
-        groups = [self._group(row, dims, cost) for cost, row in costed]
-        totals: dict[str, Any] = {m: 0 for m in MEASURES}
-        cost = Decimal(0)
+        return json.loads(self.usage_json(query))
+
+    def usage_json(self, query: UsageQuery) -> bytes:
+        """The usage API's answer as JSON text. A report grouped by key and model can have tens
+        of thousands of groups: the kept sums of its closed days (groups.py) serve it; without
+        them, on PostgreSQL such a wide report is summed, sorted and written out by the server in
+        one statement (usage_sql.final_json_sql)."""
+        head = {"since": _iso(query.since), "until": _iso(query.until), "group_by": list(query.group_by)}
+        if self._conn is None:
+            self.connect()
+        since, until, now = query.since.astimezone(UTC), query.until.astimezone(UTC), datetime.now(UTC)
+        pieces = plan(since, until, now, self._levels(query))
+        kept, pieces = self._closed_part(pieces, query, now)
+        if kept is None and self.postgres and _wide(query.group_by):
+            sql, params = final_json_sql(self.table, pieces, query.group_by, query.filters)
+            (row,) = self._fetch(sql, params)
+            totals = {m: money(_decimal(row[m])) if m == "cost_usd" else int(row[m] or 0) for m in MEASURES}
+            text = json.dumps({**head, "totals": totals})
+            return (text[:-1] + ', "groups": ' + row["groups"] + "}").encode()
+        try:
+            rows = self._sum_pieces(pieces, query) if pieces else []
+        except sqlite3.OperationalError as e:
+            if "overflow" not in str(e):
+                raise
+            rows = [{"odd": 1}]  # a SQLite rollup sum beyond 64 bits: the rows are summed instead
+        if any(row.get("odd") for row in rows) or (kept is not None and kept.odd):
+            kept, rows = None, self._sum_pieces(plan(since, until, now, ()), query)
+        return answer(head, kept, Part(rows, query.group_by))
+
+    def _closed_part(self, pieces: list[Piece], query: UsageQuery, now: datetime
+                     ) -> tuple[Part | None, list[Piece]]:
+        """The kept sums of the window's closed days (summed now if not kept yet) and the
+        pieces left to read."""
+        closed = floor(now - CLOSED_AFTER, DAY)
+        daily = [p for p in pieces if p.source == "daily" and p.sign > 0 and p.lo < closed]
+        if not daily:
+            return None, pieces
+        (piece,) = daily  # plan() gives at most one
+        end = min(piece.hi, closed)
+        rest = [p for p in pieces if p is not piece]
+        if end < piece.hi:
+            rest.append(Piece("daily", end, piece.hi, 1))
+        generation = self._fetch(f"SELECT n FROM {self.table}_rollup_gen")[0]["n"]
+        key = (query.group_by, query.filters, piece.lo, end)
+        part = self.closed.get(key, generation)
+        if part is None:
+            rows = self._sum_pieces([Piece("daily", piece.lo, end, 1)], query)
+            part = Part(rows, query.group_by)
+            part.odd = any(row.get("odd") for row in rows)
+            self.closed.put(key, generation, part)
+        return part, rest
+
+    def _levels(self, query: UsageQuery) -> tuple[str, ...]:
+        if not self.rollup:
+            return ()
+        return ("hourly",) if "hour" in query.group_by else ("hourly", "daily")
+
+    def _sum_pieces(self, pieces: list[Piece], query: UsageQuery) -> list[dict[str, Any]]:
+        sql, params = usage_sql(self.table, pieces, query.group_by, query.filters, postgres=self.postgres)
+        rows = self._fetch(sql, params)
         for row in rows:
-            for measure in MEASURES:
-                if measure == "cost_usd":
-                    cost += _decimal(row[measure])
-                else:
-                    totals[measure] += int(row[measure] or 0)
-        totals["cost_usd"] = money(cost)
-        return {
-            "since": _iso(query.since), "until": _iso(query.until), "group_by": list(query.group_by),
-            "totals": totals, "groups": groups if query.group_by else [],
-        }
-
-    def _group(self, row: Mapping[str, Any], group_by: tuple[str, ...], cost: Decimal) -> dict[str, Any]:
-        group: dict[str, Any] = {}
-        for field in group_by:
-            value = row[field]
-            if field in ("day", "hour") and value is not None:
-                # PostgreSQL gives a timestamp; SQLite the text prefix of ts ("2026-11-23", "2026-11-23T10").
-                moment = value if isinstance(value, datetime) else datetime.fromisoformat(
-                    value + (":00" if field == "hour" else ""))
-                value = moment.strftime("%Y-%m-%d" if field == "day" else "%Y-%m-%dT%H:00Z")
-            elif field == "status" and value is not None:
-                value = int(value)
-            group[field] = value
-        for measure in MEASURES:
-            group[measure] = money(cost) if measure == "cost_usd" else int(row[measure] or 0)
-        return group
-
-    def _usage_sql(self, query: UsageQuery) -> tuple[str, dict[str, Any]]:
-        params: dict[str, Any] = {"since": query.since, "until": query.until}
-        filters = ""
-        for name, column in (("key", "key_id"), ("model", "model"), ("provider", "provider")):
-            value = getattr(query.filters, name)
-            if value is not None:
-                params[name] = value
-                filters += f" AND {column} = %({name})s" if self.postgres else f" AND {column} = :{name}"
-        dims = query.group_by
-        if self.postgres:
-            return self._usage_postgres(dims, filters, params, query)
-        return self._usage_sqlite(dims, filters, params)
-
-    def _usage_postgres(self, dims: tuple[str, ...], filters: str, params: dict[str, Any], query: UsageQuery
-                        ) -> tuple[str, dict[str, Any]]:
-        need_hour = "day" in dims or "hour" in dims
-        columns = [_DIM_COLUMNS[d] for d in dims if d in _DIM_COLUMNS]
-        raw_hour = "date_trunc('hour', ts AT TIME ZONE 'UTC')" if need_hour else "NULL::timestamp"
-        raw = (
-            f"SELECT {', '.join([raw_hour + ' AS hour', *columns])}, count(*) AS requests, "
-            "count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors, "
-            + ", ".join(f"sum({m}) AS {m}" for m in TOKEN_MEASURES)
-            + ", sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced "
-            f"FROM {self.table} WHERE {{window}}{filters} GROUP BY {', '.join(str(i) for i in range(1, len(columns) + 2))}"
-        )
-        parts = []
-        first, last = hour_ceil(query.since), hour_floor(query.until)
-        if self.rollup and first < last:
-            params.update(first=first, last=last)
-            parts.append(raw.replace(
-                "{window}", "((ts >= %(since)s AND ts < %(first)s) OR (ts >= %(last)s AND ts < %(until)s))"))
-            rollup_hour = "hour AT TIME ZONE 'UTC'" if need_hour else "NULL::timestamp"
-            parts.append(
-                f"SELECT {', '.join([rollup_hour + ' AS hour', *columns])}, "
-                + ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
-                + f" FROM {self.table}_hourly WHERE hour >= %(first)s AND hour < %(last)s{filters} "
-                f"GROUP BY {', '.join(str(i) for i in range(1, len(columns) + 2))}"
-            )
-        else:
-            parts.append(raw.replace("{window}", "ts >= %(since)s AND ts < %(until)s"))
-        outer = [f"{_DIM_COLUMNS[d]} AS {d}" for d in dims if d in _DIM_COLUMNS]
-        if "day" in dims:
-            outer.append("date_trunc('day', hour) AS day")
-        if "hour" in dims:
-            outer.append("hour AS hour")
-        select = ", ".join([*outer, *(f"sum({m}) AS {m}" for m in MEASURES)])
-        group = f" GROUP BY {', '.join(str(i) for i in range(1, len(outer) + 1))}" if outer else ""
-        return f"SELECT {select} FROM ({' UNION ALL '.join(parts)}) AS u{group}", params
-
-    def _usage_sqlite(self, dims: tuple[str, ...], filters: str, params: dict[str, Any]
-                      ) -> tuple[str, dict[str, Any]]:
-        params = {**params, "since": params["since"].isoformat(), "until": params["until"].isoformat()}
-        outer = [f"{_DIM_COLUMNS[d]} AS {d}" for d in dims if d in _DIM_COLUMNS]
-        if "day" in dims:
-            outer.append("substr(ts, 1, 10) AS day")
-        if "hour" in dims:
-            outer.append("substr(ts, 1, 13) AS hour")
-        select = ", ".join([
-            *outer, "count(*) AS requests",
-            "sum(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END) AS errors",
-            *(f"sum({m}) AS {m}" for m in TOKEN_MEASURES),
-            "decimal_sum(cost_usd) AS cost_usd", "sum(cost_usd IS NULL) AS unpriced",
-        ])
-        group = f" GROUP BY {', '.join(str(i) for i in range(1, len(outer) + 1))}" if outer else ""
-        return f"SELECT {select} FROM {self.table} WHERE ts >= :since AND ts < :until{filters}{group}", params
+            if self.postgres:
+                row["cost_usd"] = _decimal(row["cost_usd"])
+            else:
+                try:
+                    units = Decimal(int(row.pop("cost_units") or 0)).scaleb(-COST_SCALE)
+                except OverflowError:
+                    units = Decimal(0)
+                    row["odd"] = 1
+                row["cost_usd"] = units + _decimal(row.pop("cost_text"))
+        return rows
 
     # --- requests -----------------------------------------------------------------------
 
@@ -329,47 +286,54 @@ def _decimal(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def _sortable(value: Any) -> tuple[bool, str]:
-    return (value is None, "" if value is None else f"{value:>12}" if isinstance(value, int) else str(value))
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_NARROW = {"provider", "api", "status", "day"}
+
+
+def _wide(group_by: tuple[str, ...]) -> bool:
+    """Can this report have tens of thousands of groups (two of key, model, response_model and
+    hour, or one of them with hour)?"""
+    return len([f for f in group_by if f not in _NARROW]) >= 2
+
+
+def _decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def drop_calls_table(conn: psycopg.Connection, table: str) -> None:
-    """Drop a calls table with what the control plane keeps beside it (tests and benchmarks)."""
-    conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_hourly, {table}_bodies CASCADE")
-    conn.execute(f"DROP FUNCTION IF EXISTS {table}_hourly_sync(), {table}_hourly_truncate() CASCADE")
+_NARROW = {"provider", "api", "status", "day"}
 
 
-def rollup_ready(conn: psycopg.Connection, table: str) -> bool:
-    """Is the rollup there with all its triggers? Otherwise reports read the rows alone."""
-    row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL, (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) "
-        "AND tgname = ANY(%s))",
-        (f"{table}_hourly", table, [f"{table}_hourly_{s}" for s in ("ins", "upd", "del", "trunc")]),
-    ).fetchone()
-    return bool(row and row[0] and row[1] == 4)
+def _wide(group_by: tuple[str, ...]) -> bool:
+    """Can this report have tens of thousands of groups (two of key, model, response_model and
+    hour, or one of them with hour)?"""
+    return len([f for f in group_by if f not in _NARROW]) >= 2
 
 
-def ensure_rollup(conn: psycopg.Connection, table: str) -> bool:
-    """Create the rows' table (schema.sql) and, on PostgreSQL 15+, the hourly rollup with its
-    triggers, filled from the rows already there while writes wait. Idempotent; False when the
-    server is too old for it (reports then read the rows alone)."""
-    if conn.info.server_version < 150000:
-        logger.info("llm-proxy reports read rows directly: the hourly rollup needs PostgreSQL 15+")
-        return False
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        conn.execute(schema_for(table).encode())
-        if rollup_ready(conn, table):
-            return True
-        started = time.monotonic()
-        conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")  # no row written meanwhile
-        conn.execute(_DDL_WORDS.sub(table, ROLLUP_SQL.read_text()).encode())
-    logger.info("llm-proxy built the hourly rollup of %s in %.1fs", table, time.monotonic() - started)
-    return True
+def _merge(first: list[dict[str, Any]], second: list[dict[str, Any]], group_by: tuple[str, ...]
+           ) -> list[dict[str, Any]]:
+    """Add two lists of grouped rows (the kept closed days and the rest) group by group."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in first:
+        merged[tuple(row[f] for f in group_by)] = dict(row)
+    for row in second:
+        key = tuple(row[f] for f in group_by)
+        found = merged.get(key)
+        if found is None:
+            merged[key] = row
+        else:
+            for measure in (*MEASURES, "odd"):
+                if measure in row:
+                    found[measure] = (found.get(measure) or 0) + (row[measure] or 0)
+    return list(merged.values())
 
 
 Opener = Callable[[], Reports]

@@ -8,8 +8,8 @@ is needed to find them.
 
 On a partitioned PostgreSQL table, prune drops the whole months that end before
 the cutoff (cheap: no row-by-row delete, no bloat) and deletes the rest row by
-row. Dropping a partition fires no trigger, so the hourly rollup's hours of that
-month (`<table>_hourly`, if the control plane keeps one) are deleted with it, in
+row. Dropping a partition fires no trigger, so the rollups' days of that month
+(`<table>_hourly` and `_daily`, if the control plane keeps them) are rebuilt with it, in
 the same transaction: the rollup stays equal to the rows. Row deletes and body
 updates go through the parent table, whose statement triggers keep the rollup.
 """
@@ -130,15 +130,15 @@ class Retention:
         conn = self._conn
         with conn.transaction():
             if partitioned(conn, self.table):
-                hourly = conn.execute("SELECT to_regclass(%s)", (f"{self.table}_hourly",)).fetchone()[0]
+                rebuild = conn.execute("SELECT to_regprocedure(%s)",
+                                       (f"{self.table}_rollup_rebuild(timestamptz, timestamptz)",)).fetchone()[0]
                 for part in partitions(conn, self.table):
                     if part.end is None or part.start is None or part.end > cutoff:
                         continue
-                    if hourly is not None:  # DROP fires no trigger: the rollup's hours of the month go too
-                        conn.execute(f"DELETE FROM {self.table}_hourly WHERE hour >= %s AND hour < %s",
-                                     (part.start, part.end))
                     done.rows += conn.execute(f"SELECT count(*) FROM {part.name}").fetchone()[0]
                     conn.execute(f"DROP TABLE {part.name}")
+                    if rebuild is not None:  # DROP fires no trigger: the rollups' days of the month go too
+                        conn.execute(f"SELECT {self.table}_rollup_rebuild(%s, %s)", (part.start, part.end))
                     done.partitions.append(part.name)
             done.rows += int(conn.execute(f"DELETE FROM {self.table} WHERE ts < %s", (cutoff,)).rowcount)
         done.parts = self.free_parts(cutoff)

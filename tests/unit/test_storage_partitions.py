@@ -87,11 +87,17 @@ def exact(session: list[tuple[bytes, bytes]]) -> list[tuple[str, object]]:
 
 
 def rollup_agrees(conn: psycopg.Connection, table: str) -> None:
-    """The hourly rollup equals the same sums computed from the rows."""
+    """The hourly and daily rollups equal the same sums computed from the rows."""
     from_rows = conn.execute(
         f"SELECT date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*), sum(cost_usd) "
         f"FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
     kept = conn.execute(f"SELECT hour, sum(requests), sum(cost_usd) FROM {table}_hourly GROUP BY 1 ORDER BY 1"
+                        ).fetchall()
+    assert kept == from_rows
+    from_rows = conn.execute(
+        f"SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*), sum(cost_usd) "
+        f"FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
+    kept = conn.execute(f"SELECT day, sum(requests), sum(cost_usd) FROM {table}_daily GROUP BY 1 ORDER BY 1"
                         ).fetchall()
     assert kept == from_rows
 
