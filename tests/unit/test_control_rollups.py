@@ -136,8 +136,8 @@ class Backend:
             self.reports = Reports(Database("sqlite", str(self.path)), self.table, closed=ClosedDays())
         else:
             self.conn = psycopg.connect(PG_URL, autocommit=True)
-            if kind == "postgres-partitioned":
-                self.conn.execute(partitioned_ddl(self.table).encode())
+            ddl = partitioned_ddl if kind == "postgres-partitioned" else plain_ddl
+            self.conn.execute(ddl(self.table).encode())
             assert ensure_rollup(self.conn, self.table)
             assert rollup_ready(self.conn, self.table)
             self.reports = Reports(Database("postgresql", PG_URL), self.table, closed=ClosedDays())
@@ -193,19 +193,23 @@ class Backend:
 
 
 def partitioned_ddl(table: str) -> str:
-    """schema.sql's table partitioned by month on ts (a couple of months and a default)."""
+    """schema.sql's table (partitioned by month on ts, with its default partition) and a couple of
+    month partitions, as the writer makes them."""
     ddl = schema_for(table)
-    ddl = ddl.replace("id bigserial PRIMARY KEY", "id bigserial").replace("request_id text UNIQUE NOT NULL",
-                                                                         "request_id text NOT NULL")
-    create_end = ddl.index(");", ddl.index("CREATE TABLE"))
-    ddl = ddl[:create_end] + ") PARTITION BY RANGE (ts);" + ddl[create_end + 2:]
     month = TODAY.replace(day=1)
     previous = (month - timedelta(days=1)).replace(day=1)
     following = (month + timedelta(days=32)).replace(day=1)
     for start, end in ((previous, month), (month, following)):
         ddl += (f"\nCREATE TABLE {table}_{start:%Y%m} PARTITION OF {table} "
                 f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}');")
-    return ddl + f"\nCREATE TABLE {table}_default PARTITION OF {table} DEFAULT;"
+    return ddl
+
+
+def plain_ddl(table: str) -> str:
+    """schema.sql's table as an older version made it: not partitioned."""
+    ddl = schema_for(table)
+    assert ") PARTITION BY RANGE (ts);" in ddl
+    return ddl.replace(") PARTITION BY RANGE (ts);", ");", 1)
 
 
 @pytest.fixture(params=["postgres", "postgres-partitioned", "sqlite"])
