@@ -14,10 +14,8 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -39,7 +37,8 @@ from .answers import AnswerCache
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import Metrics
 from .params import BadParameter, Filters, UsageQuery, requests_query, usage_query
-from .reports import ClosedDays, Reports, money
+from .reports import money
+from .workers import ApiTimeout, ReportWorkers
 
 logger = logging.getLogger(__name__)
 failures = FailureLog(logger)  # a client repeating a failing request gets one traceback, then a count
@@ -48,8 +47,6 @@ T = TypeVar("T")
 PREFIX = "/_llm/"
 API = "/_llm/api/"
 HEALTH = "/_llm/health"
-WORKERS = 2
-TIMEOUT = 30.0
 MIN_ADMIN_KEY = 16
 _KEY_BODY_FIELDS = ("name", *admin.LIMIT_FIELDS)
 _ERROR_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -72,71 +69,6 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
     return json_response(status, {"error": {"message": message, "type": _ERROR_TYPES.get(status, "error")}},
                          headers)
-
-
-class ReportWorkers:
-    """Worker threads, each with its own database connection (Reports), for the API's queries."""
-
-    def __init__(self, url: str, table: str, *, workers: int = WORKERS, timeout: float = TIMEOUT) -> None:
-        self.database = parse_db_url(url)
-        self.table = check_table_name(table)
-        self.timeout = timeout
-        self._local = threading.local()
-        self._all: list[Reports] = []
-        self._lock = threading.Lock()
-        self.closed = ClosedDays()  # sums of closed days, shared by the threads
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="llm-proxy-reports", initializer=_lower_priority)
-
-    def _reports(self) -> Reports:
-        reports = getattr(self._local, "reports", None)
-        if reports is None:
-            reports = self._local.reports = Reports(self.database, self.table, statement_timeout=self.timeout,
-                                                    ensure=True, closed=self.closed)
-            with self._lock:
-                self._all.append(reports)
-        return reports
-
-    def warm_up(self) -> None:
-        """Connect (and build the rollup) in the background at start-up, not at the first report."""
-        def connect() -> None:
-            try:
-                self._reports().connect()
-            except Exception as e:
-                logger.warning("llm-proxy reports cannot reach the database yet: %s", e)
-        self._pool.submit(connect)
-
-    async def run(self, work: Callable[[Reports], T]) -> T:
-        future = self._pool.submit(lambda: work(self._reports()))
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except TimeoutError:
-            raise ApiError(504, f"the report took longer than {self.timeout:g}s") from None
-
-    async def call(self, work: Callable[[], T]) -> T:
-        """Other slow work (keys file I/O) on the same threads, with the same timeout."""
-        future = self._pool.submit(work)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except TimeoutError:
-            raise ApiError(504, f"the operation took longer than {self.timeout:g}s") from None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            for reports in self._all:
-                try:
-                    reports.close()
-                except Exception:  # a connection in use by a finishing thread: it closes with the process
-                    pass
-
-
-def _lower_priority() -> None:
-    """Report threads yield the CPU to the event loop's thread (Linux nice values are per
-    thread); SQLite's queries run in them. Elsewhere a no-op."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
 
 
 class OverheadClock:
@@ -255,6 +187,8 @@ class ControlPlane:
             response = await self._answer(flow, path)
         except ApiError as e:
             response = error_response(e.status, str(e), e.headers)
+        except ApiTimeout as e:
+            response = error_response(504, str(e))
         except Exception as e:
             failures.failed("llm-proxy control plane failed", e, context=f"{request.method} {path}")
             response = error_response(500, "the control plane failed on this request; the proxy's log says why")
@@ -312,17 +246,17 @@ class ControlPlane:
             if path == API + "usage":
                 self._allow(method, "GET")
                 query = usage_query(params, _now())
-                body = await self._cached(flow, lambda: self._workers().run(lambda r: r.usage_json(query)))
+                body = await self._cached(flow, lambda: self._workers().run("usage_json", query))
                 return http.Response.make(200, body, {"content-type": "application/json", "cache-control": "no-store"})
             if path == API + "requests":
                 self._allow(method, "GET")
                 page = requests_query(params, _now())
-                answer = await self._cached(flow, lambda: self._workers().run(lambda r: r.requests(page)))
+                answer = await self._cached(flow, lambda: self._workers().run("requests", page))
                 return json_response(200, answer)
             if path.startswith(API + "requests/"):
                 self._allow(method, "GET")
                 request_id = path.removeprefix(API + "requests/")
-                row = await self._workers().run(lambda r: r.request(request_id))
+                row = await self._workers().run("request", request_id)
                 if row is None:
                     raise ApiError(404, f"no request with request_id {request_id!r}")
                 return json_response(200, row)
@@ -359,7 +293,7 @@ class ControlPlane:
         query = usage_query(params, _now())
         own = UsageQuery(query.since, query.until, query.group_by,
                          Filters(key=key.name, model=query.filters.model, provider=query.filters.provider))
-        usage = await self._workers().run(lambda r: r.usage(own))
+        usage = await self._workers().run("usage", own)
         (view,) = await self._views([key])
         return {"key": view, "period_start": _iso(period_start(key.period, _now())), "usage": usage}
 
@@ -376,7 +310,7 @@ class ControlPlane:
         """Keys as the API shows them, with their spend this period (as a usage report sums it)."""
         now = _now()
         windows = {k.name: period_start(k.period, now) for k in keys}
-        spend = await self._workers().run(lambda r: r.spend(windows)) if keys else {}
+        spend = await self._workers().run("spend", windows) if keys else {}
         return [{**admin.describe(k, now), "spend_usd": money(spend.get(k.name, Decimal(0)))} for k in keys]
 
     async def _keys(self, method: str, rest: str, request: http.Request) -> http.Response:
