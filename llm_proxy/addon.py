@@ -41,11 +41,8 @@ from .rescue.servable import unservable
 from .scope.filter import is_model_call
 from .scope.passage import pass_on
 from .routing import Route, Router
-from .storage.dsn import DatabaseURLError, check_table_name, parse_db_url
-from .storage.postgres import PostgresSink
 from .storage.schema import DEFAULT_TABLE
-from .storage.sqlite import SqliteSink
-from .storage.journal import Journal, journal_dir
+from .storage.setup import writer_from_options
 from .storage.writer import Writer
 from .stream.lazy import meter_for
 from .usage import stream_parser
@@ -242,30 +239,13 @@ class LLMProxy:
 
     def _start_writer(self) -> None:
         try:
-            database = parse_db_url(ctx.options.llm_db or default_db_url())
-            table = check_table_name(ctx.options.llm_table)
-        except DatabaseURLError as e:
+            writer = writer_from_options(ctx.options, self.access.spend)
+        except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
-        if ctx.options.llm_budget_refresh <= 0:
-            raise exceptions.OptionsError("llm_budget_refresh must be a positive number of seconds")
-        sink: PostgresSink | SqliteSink
-        if database.kind == "postgresql":
-            sink, refresh = PostgresSink(database.target, table), float(ctx.options.llm_budget_refresh)
-        else:
-            sink, refresh = SqliteSink(database.target, table), None  # embedded: this proxy is the only writer
-        if ctx.options.llm_journal_max_mb <= 0:
-            raise exceptions.OptionsError("llm_journal_max_mb must be a positive number of megabytes")
-        if ctx.options.llm_writer_max_mb <= 0:
-            raise exceptions.OptionsError("llm_writer_max_mb must be a positive number of megabytes")
-        journal = Journal(journal_dir(ctx.options.llm_journal, table), ctx.options.llm_journal_max_mb << 20)
-        old, self.writer = self.writer, Writer(
-            sink, f"{database.describe()} table {table}", journal=journal,
-            body_max_bytes=ctx.options.llm_body_max_bytes, spend=self.access.spend, spend_refresh=refresh,
-            max_queue_bytes=ctx.options.llm_writer_max_mb << 20,
-        )
+        old, self.writer = self.writer, writer
         if old is not None:
             old.stop()  # first: it must let go of the journal the new writer opens
-        self.writer.start()
+        writer.start()
 
     def done(self) -> None:
         # Calls still in flight reached the provider and may be billed: each gets its row now,

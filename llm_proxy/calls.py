@@ -188,6 +188,13 @@ def _opaque_body(content: bytes | None) -> Any:
     return {"non_json_bytes": len(content)} if content else None
 
 
+def token_columns(usage: Usage) -> dict[str, int | None]:
+    """A row's token columns from a call's usage (HTTP and WebSocket rows alike)."""
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens, "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens, "reasoning_tokens": usage.reasoning_tokens}
+
+
 def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
                interrupted: str | None = None) -> tuple[Record, Outcome]:
     """Turn a finished (or failed) flow into its Record; pricing is the caller's.
@@ -247,12 +254,7 @@ def close_call(flow: http.HTTPFlow, call: Call, *, log_bodies: bool,
         streaming=call.streaming,
         status=status,
         error=error,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
+        **token_columns(usage),
         request_body=call.request_body if log_bodies and api_known else None,
         response_body=body if log_bodies and api_known else None,
         client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else None,

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..calls import Call
+from ..calls import Call, token_columns
 from ..errors import error_body
 from ..record import Record
 from ..usage import Usage
@@ -73,12 +73,7 @@ def turn_record(socket: Socket, turn: Turn, *, log_bodies: bool, interrupted: st
         streaming=True,
         status=status,
         error=error,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.total_tokens,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
+        **token_columns(usage),
         request_body=call.request_body if log_bodies else None,
         response_body=parser.body() if log_bodies and turn.events else None,
         client_addr=socket.client_addr,
@@ -89,41 +84,23 @@ def turn_record(socket: Socket, turn: Turn, *, log_bodies: bool, interrupted: st
 def refused_record(socket: Socket, turn: Turn, status: int, message: str, *, log_bodies: bool) -> Record:
     """The row of a response.create the proxy answered itself (never sent upstream, costs nothing)."""
     call: Call = turn.call
-    return Record(
-        request_id=f"{socket.flow_id}.{turn.number}",
-        ts=datetime.fromtimestamp(turn.started, UTC),
-        duration_ms=0,
-        provider=call.route.provider.name,
-        api=call.route.api,
-        method=METHOD,
-        path=socket.path,
-        model=call.model,
-        key_id=call.key_id,
-        streaming=True,
-        status=status,
-        error=f"llm-proxy answered HTTP {status}: {message}",
-        request_body=call.request_body if log_bodies else None,
-        client_addr=socket.client_addr,
-    )
+    return Record(**_identity(socket, turn), duration_ms=0, status=status,
+                  error=f"llm-proxy answered HTTP {status}: {message}",
+                  request_body=call.request_body if log_bodies else None)
 
 
 def bare_record(socket: Socket, turn: Turn, reason: str) -> Record:
     """The row of a turn whose answer could not be read: who, when, where, and why it is bare."""
-    call: Call = turn.call
-    return Record(
-        request_id=f"{socket.flow_id}.{turn.number}",
-        ts=datetime.fromtimestamp(turn.started, UTC),
-        provider=call.route.provider.name,
-        api=call.route.api,
-        method=METHOD,
-        path=socket.path,
-        model=call.model,
-        key_id=call.key_id,
-        streaming=True,
-        error=reason,
-        client_addr=socket.client_addr,
-    )
+    return Record(**_identity(socket, turn), error=reason)
 
 
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
+
+
+def _identity(socket: Socket, turn: Turn) -> dict[str, object]:
+    """Who, when and where: the columns every row of a turn has, whatever its end."""
+    call: Call = turn.call
+    return {"request_id": f"{socket.flow_id}.{turn.number}", "ts": datetime.fromtimestamp(turn.started, UTC),
+            "provider": call.route.provider.name, "api": call.route.api, "method": METHOD, "path": socket.path,
+            "model": call.model, "key_id": call.key_id, "streaming": True, "client_addr": socket.client_addr}
